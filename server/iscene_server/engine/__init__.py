@@ -1,0 +1,1 @@
+"""Everything between the networks and the user: model packages, preprocessing, samplers, pipelines."""

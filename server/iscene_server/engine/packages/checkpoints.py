@@ -1,0 +1,140 @@
+"""Reading checkpoint files and loading them into networks with strict key and shape matching."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ...errors import ModelPackageError
+
+_MAX_LISTED = 5
+
+
+def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises several error types for damaged files
+        raise ModelPackageError(f"cannot read weights file {path}: {exc}",
+                                "the file is damaged or incomplete: delete it and download it again") from None
+
+
+def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """A ``.pt`` state dict, read with ``weights_only=True`` (no code in the file is ever run)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as exc:
+        raise ModelPackageError(f"cannot read checkpoint {path}: {exc}",
+                                "the file is damaged, or is not a plain PyTorch state dict") from None
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelPackageError(f"checkpoint {path} is not a state dict (a mapping of names to tensors)",
+                                "use the checkpoint file the model package ships")
+    return dict(state)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "iscene" / "converted"
+
+
+def _stamp(path: Path) -> str:
+    stat = path.stat()
+    return f"{stat.st_size}:{int(stat.st_mtime)}"
+
+
+def _is_current(converted: Path, stamp: str) -> bool:
+    try:
+        with safe_open(str(converted), "pt") as f:
+            return (f.metadata() or {}).get("source_stamp") == stamp
+    except Exception:
+        return False
+
+
+def safetensors_for(pt_path: Path) -> Path:
+    """The safetensors copy of a ``.pt`` checkpoint, written next to it on first use.
+
+    Later loads memory-map the copy instead of unpickling. Where the package folder is read-only the copy
+    goes to ``~/.cache/iscene/converted``. A copy whose recorded source size/mtime no longer matches is
+    rewritten.
+    """
+    pt_path = Path(pt_path)
+    stamp = _stamp(pt_path.resolve())
+    beside = pt_path.with_suffix(".safetensors")
+    digest = hashlib.sha256(str(pt_path.resolve()).encode()).hexdigest()[:16]
+    fallback = _cache_dir() / f"{pt_path.stem}-{digest}.safetensors"
+    for candidate in (beside, fallback):
+        if candidate.is_file() and _is_current(candidate, stamp):
+            return candidate
+    state = {k: v.contiguous().clone() for k, v in read_torch_checkpoint(pt_path).items()}
+    metadata = {"source": pt_path.name, "source_stamp": stamp}
+    for target in (beside, fallback):
+        if _write_atomically(state, target, metadata):
+            return target
+    raise ModelPackageError(f"cannot write a safetensors copy of {pt_path}",
+                            f"make {beside.parent} or {fallback.parent} writable")
+
+
+def _write_atomically(state: dict[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> bool:
+    """Write through a temporary file so a crash never leaves a half-written copy; False if not writable."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".tmp")
+    except OSError:
+        return False
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata=metadata)
+        os.replace(tmp, target)
+        return True
+    except OSError:
+        Path(tmp).unlink(missing_ok=True)
+        return False
+
+
+def read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    """Weights from a ``.safetensors`` file, or from a ``.pt`` file through its safetensors copy."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return read_safetensors(path)
+    return read_safetensors(safetensors_for(path))
+
+
+def _listing(items: list[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    return shown + (f" and {len(items) - _MAX_LISTED} more" if len(items) > _MAX_LISTED else "")
+
+
+def check_state_dict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`ModelPackageError` unless ``state`` has exactly the module's keys and shapes."""
+    expected = module.state_dict()
+    missing = sorted(expected.keys() - state.keys())
+    unexpected = sorted(state.keys() - expected.keys())
+    wrong_shape = [f"{k} has shape {list(state[k].shape)}, expected {list(expected[k].shape)}"
+                   for k in sorted(expected.keys() & state.keys()) if state[k].shape != expected[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"missing {len(missing)} key(s): " + _listing(
+            [f"{k} (expected shape {list(expected[k].shape)})" for k in missing]))
+    if unexpected:
+        problems.append(f"unexpected {len(unexpected)} key(s): " + _listing(unexpected))
+    if wrong_shape:
+        problems.append(f"{len(wrong_shape)} key(s) with the wrong shape: " + _listing(wrong_shape))
+    if problems:
+        raise ModelPackageError(
+            f"weights in {source} do not fit {type(module).__name__}: " + "; ".join(problems),
+            "the checkpoint belongs to a different model or configuration: check that the package's "
+            "config and checkpoint files belong together (and re-download them if in doubt)")
+
+
+def load_strict(module: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> nn.Module:
+    """Load ``state`` into ``module`` after :func:`check_state_dict`; tensors are cast to the module's dtypes."""
+    check_state_dict(module, state, source)
+    module.load_state_dict(state, strict=True)
+    return module

@@ -1,0 +1,70 @@
+"""Build a package's networks on a device, in the right precision, with strictly loaded weights."""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+import torch.nn as nn
+
+from ...errors import ModelPackageError
+from ...nn.precision import TorsoPrecision
+from ...nn.registry import build_network
+from .checkpoints import load_strict, read_checkpoint
+from .layouts import IScenePackage, NetworkSpec
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelPackageError("CUDA was requested but this PyTorch build sees no CUDA device",
+                                "install a CUDA build of PyTorch, or run with --device cpu")
+    return device
+
+
+def resolve_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
+    """Half-precision torsos on CUDA (float16 unless asked otherwise), float32 on the CPU."""
+    if name != "auto" and name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}")
+    if device.type != "cuda":
+        return torch.float32
+    return torch.float16 if name == "auto" else DTYPES[name]
+
+
+def build_from_spec(spec: NetworkSpec, device: torch.device, torso_dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Construct on the meta device (no wasted init), move to ``device`` and load the weights strictly."""
+    try:
+        with torch.device("meta"):
+            net = build_network(spec.name, spec.args)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelPackageError(f"cannot build {spec.role} network {spec.name} from {spec.source.id}: {exc}",
+                                "the package config is not one this server understands") from None
+    if isinstance(net, TorsoPrecision) and spec.args.get("use_fp16", False):
+        net.set_torso_dtype(torso_dtype)
+    net = net.to_empty(device=device)
+    load_strict(net, read_checkpoint(spec.weights_path()), spec.describe())
+    return net.eval().requires_grad_(False)
+
+
+class ModelSet:
+    """The networks of one I-Scene package, each built on first use and then kept."""
+
+    def __init__(self, package: IScenePackage, device: torch.device, dtype: torch.dtype):
+        self.package = package
+        self.device = device
+        self.dtype = dtype
+        self._networks: dict[str, nn.Module] = {}
+        self._lock = threading.Lock()
+
+    def get(self, role: str) -> nn.Module:
+        with self._lock:
+            if role not in self._networks:
+                self._networks[role] = build_from_spec(self.package.network(role), self.device, self.dtype)
+            return self._networks[role]
+
+    def loaded(self) -> list[str]:
+        return list(self._networks)

@@ -1,0 +1,67 @@
+"""Image condition tokens: I-Scene's ``ImageConditioner`` around DINOv2 (spec §3.6, §8.4).
+
+``[B, C, 518, 518]`` images in [0, 1] -> ImageNet normalisation (per 3-channel chunk) -> DINOv2 tokens
+before the final norm -> non-affine layer norm -> ``[B, 1374, 1024]`` condition tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .dinov2 import DinoVisionTransformer
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def imagenet_normalize(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalise every complete 3-channel chunk of ``x [B, C, H, W]``; a trailing partial chunk stays raw."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device)[:, None, None]
+    chunks = [(c - mean) / std if c.shape[1] == 3 else c for c in x.split(3, dim=1)]
+    return torch.cat(chunks, dim=1)
+
+
+def expand_patch_embedding(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Widen a 3-channel patch-embedding kernel ``[C, 3, p, p]`` to ``in_channels`` inputs by repeating
+    its first input channels for every additional chunk (I-Scene's expanded conditioner)."""
+    parts = [weight]
+    remaining = in_channels - weight.shape[1]
+    while remaining > 0:
+        take = min(3, remaining)
+        parts.append(weight[:, :take])
+        remaining -= take
+    return torch.cat(parts, dim=1)
+
+
+class ImageConditioner(nn.Module):
+    """Keys are ``base_img_conditioner.<DINOv2 key>``.
+
+    ``image_cond_model`` names a DINOv2 preset; ``image_cond_model_args`` (our addition, used by tiny
+    packages) overrides its constructor arguments.
+    """
+
+    def __init__(self, image_cond_model: str = "dinov2_vitl14_reg", cond_in_channels: int = 3,
+                 use_fp16: bool = False, image_cond_model_args: Mapping | None = None):
+        super().__init__()
+        self.cond_in_channels = cond_in_channels
+        self.use_fp16 = use_fp16
+        self.base_img_conditioner = DinoVisionTransformer.from_preset(
+            image_cond_model, in_chans=cond_in_channels, **dict(image_cond_model_args or {}))
+
+    def expand_from(self, dinov2_rgb_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A state dict for this conditioner built from 3-channel DINOv2 weights (patch kernel widened)."""
+        state = {f"base_img_conditioner.{k}": v for k, v in dinov2_rgb_state.items()}
+        key = "base_img_conditioner.patch_embed.proj.weight"
+        state[key] = expand_patch_embedding(state[key], self.cond_in_channels)
+        return state
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """``images [B, C, 518, 518]`` in [0, 1] -> condition tokens ``[B, T, C_model]`` (float32)."""
+        images = images.float()
+        tokens = self.base_img_conditioner.forward_prenorm(imagenet_normalize(images))
+        return F.layer_norm(tokens, tokens.shape[-1:])

@@ -1,0 +1,102 @@
+"""Dense transformer parts shared by the flow models: MLP, multi-head attention, the adaLN cross block."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .attention import attention
+from .norms import LayerNorm32, MultiHeadRMSNorm
+
+
+class FeedForwardNet(nn.Module):
+    """Linear -> tanh-GELU -> Linear (keys ``mlp.0``, ``mlp.2``)."""
+
+    def __init__(self, channels: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        hidden = int(channels * mlp_ratio)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, hidden),
+            nn.GELU(approximate="tanh"),
+            nn.Linear(hidden, channels),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x)
+
+
+class MultiHeadAttention(nn.Module):
+    """Self-attention (``to_qkv``, optional q/k RMS norm) or cross-attention (``to_q`` + ``to_kv``)."""
+
+    def __init__(self, channels: int, num_heads: int, ctx_channels: int | None = None,
+                 type: str = "self", qk_rms_norm: bool = False):
+        super().__init__()
+        if channels % num_heads:
+            raise ValueError(f"channels {channels} not divisible by num_heads {num_heads}")
+        self.channels = channels
+        self.num_heads = num_heads
+        self.head_dim = channels // num_heads
+        self.is_self = type == "self"
+        self.qk_rms_norm = qk_rms_norm
+        if self.is_self:
+            self.to_qkv = nn.Linear(channels, channels * 3)
+        else:
+            self.to_q = nn.Linear(channels, channels)
+            self.to_kv = nn.Linear(ctx_channels or channels, channels * 2)
+        if qk_rms_norm:
+            self.q_rms_norm = MultiHeadRMSNorm(self.head_dim, num_heads)
+            self.k_rms_norm = MultiHeadRMSNorm(self.head_dim, num_heads)
+        self.to_out = nn.Linear(channels, channels)
+
+    def project_qkv(self, x: torch.Tensor, context: torch.Tensor | None = None):
+        """Queries, keys and values as ``[B, L, H, D]`` each (after the optional RMS norm)."""
+        b, n, _ = x.shape
+        if self.is_self:
+            q, k, v = self.to_qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
+        else:
+            q = self.to_q(x).reshape(b, n, self.num_heads, self.head_dim)
+            k, v = self.to_kv(context).reshape(b, context.shape[1], 2, self.num_heads, self.head_dim).unbind(2)
+        if self.qk_rms_norm:
+            q, k = self.q_rms_norm(q), self.k_rms_norm(k)
+        return q, k, v
+
+    def project_out(self, h: torch.Tensor) -> torch.Tensor:
+        return self.to_out(h.reshape(h.shape[0], h.shape[1], self.channels))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        return self.project_out(attention(*self.project_qkv(x, context)))
+
+
+class ModulatedTransformerCrossBlock(nn.Module):
+    """adaLN-modulated self-attention, unmodulated cross-attention, adaLN-modulated MLP."""
+
+    def __init__(self, channels: int, ctx_channels: int, num_heads: int, mlp_ratio: float = 4.0,
+                 share_mod: bool = False, qk_rms_norm: bool = False, qk_rms_norm_cross: bool = False):
+        super().__init__()
+        self.share_mod = share_mod
+        self.norm1 = LayerNorm32(channels, elementwise_affine=False, eps=1e-6)
+        self.norm2 = LayerNorm32(channels, elementwise_affine=True, eps=1e-6)
+        self.norm3 = LayerNorm32(channels, elementwise_affine=False, eps=1e-6)
+        self.self_attn = self.make_self_attention(channels, num_heads, qk_rms_norm)
+        self.cross_attn = MultiHeadAttention(channels, num_heads, ctx_channels, type="cross",
+                                             qk_rms_norm=qk_rms_norm_cross)
+        self.mlp = FeedForwardNet(channels, mlp_ratio)
+        if not share_mod:
+            self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(channels, 6 * channels))
+
+    def make_self_attention(self, channels: int, num_heads: int, qk_rms_norm: bool) -> nn.Module:
+        return MultiHeadAttention(channels, num_heads, type="self", qk_rms_norm=qk_rms_norm)
+
+    def attend_self(self, h: torch.Tensor, layout=None) -> torch.Tensor:
+        """Self-attention over each sequence; ``layout`` is for subclasses that relate sequences."""
+        return self.self_attn(h)
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, layout=None) -> torch.Tensor:
+        if not self.share_mod:
+            mod = self.adaLN_modulation(mod)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
+        h = self.norm1(x) * (1 + scale_msa.unsqueeze(1)) + shift_msa.unsqueeze(1)
+        x = x + self.attend_self(h, layout) * gate_msa.unsqueeze(1)
+        x = x + self.cross_attn(self.norm2(x), context)
+        h = self.norm3(x) * (1 + scale_mlp.unsqueeze(1)) + shift_mlp.unsqueeze(1)
+        return x + self.mlp(h) * gate_mlp.unsqueeze(1)

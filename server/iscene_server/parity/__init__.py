@@ -1,0 +1,10 @@
+"""``iscene-server parity``: reproduce the reference implementation's golden vectors.
+
+Each vector file ``X.safetensors`` (with its ``X.json`` sidecar) holds a reference module's ``state_dict.*``,
+the ``input.*`` it was given and the ``output.*`` it produced. A case builds our module from the sidecar's
+``constructor_args``, loads the weights strictly, runs the inputs and compares every output it covers.
+"""
+
+from .runner import FileResult, run_file, run_files
+
+__all__ = ["FileResult", "run_file", "run_files"]

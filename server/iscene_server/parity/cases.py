@@ -1,0 +1,152 @@
+"""The parity cases: how to run each reference vector through our code.
+
+Every case takes the vector's tensors and its JSON sidecar and returns the :class:`Check` list.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..engine.packages.checkpoints import load_strict
+from ..engine.preprocess import build_slots, scene_from_arrays
+from ..engine.samplers import FlowEulerSampler, Guidance, time_schedule
+from ..engine.stage1 import slot_noise
+from ..nn.dinov2 import DinoVisionTransformer
+from ..nn.image_conditioner import ImageConditioner, expand_patch_embedding, imagenet_normalize
+from ..nn.registry import build_network
+from .checks import SAMPLER_TOL, Check
+
+Tensors = dict[str, torch.Tensor]
+Case = Callable[[Tensors, dict], list[Check]]
+
+STATE_PREFIX = "state_dict."
+
+
+def _state_dict(tensors: Tensors) -> Tensors:
+    return {k[len(STATE_PREFIX):]: v for k, v in tensors.items() if k.startswith(STATE_PREFIX)}
+
+
+def _load(module: torch.nn.Module, tensors: Tensors, sidecar: dict) -> torch.nn.Module:
+    return load_strict(module, _state_dict(tensors), sidecar.get("file", sidecar.get("case", "vector"))).eval()
+
+
+def _network(class_name: str) -> Case:
+    """Cases whose single output is ``model(*inputs)`` for a registry network."""
+    inputs = {"SparseStructureDecoder": ["input.z"]}.get(class_name, ["input.x", "input.t", "input.cond"])
+
+    def run(tensors: Tensors, sidecar: dict) -> list[Check]:
+        model = _load(build_network(class_name, sidecar["constructor_args"]), tensors, sidecar)
+        with torch.no_grad():
+            out = model(*(tensors[k] for k in inputs))
+        name = next(k for k in tensors if k.startswith("output."))
+        return [Check(name, out, tensors[name])]
+
+    return run
+
+
+def _ss_encoder(tensors: Tensors, sidecar: dict) -> list[Check]:
+    model = _load(build_network("SparseStructureEncoder", sidecar["constructor_args"]), tensors, sidecar)
+    with torch.no_grad():
+        z_raw, mean, logvar = model(tensors["input.x"], sample_posterior=False, return_raw=True)
+        z = model(tensors["input.x"])
+    return [Check("output.z", z, tensors["output.z"]), Check("output.mean", mean, tensors["output.mean"]),
+            Check("output.logvar", logvar, tensors["output.logvar"]),
+            Check("raw z equals mean", z_raw, tensors["output.mean"])]
+
+
+def _images(tensors: Tensors) -> torch.Tensor:
+    return tensors["input.image_u8"].float() / 255.0
+
+
+def _dinov2(tensors: Tensors, sidecar: dict) -> list[Check]:
+    model = _load(DinoVisionTransformer(**sidecar["constructor_args"]), tensors, sidecar)
+    with torch.no_grad():
+        prenorm = model.forward_prenorm(imagenet_normalize(_images(tensors)))
+    tokens = torch.nn.functional.layer_norm(prenorm, prenorm.shape[-1:])
+    return [Check("output.x_prenorm", prenorm, tensors["output.x_prenorm"]),
+            Check("output.patchtokens", tokens, tensors["output.patchtokens"])]
+
+
+def _image_conditioner(tensors: Tensors, sidecar: dict) -> list[Check]:
+    args = sidecar["constructor_args"]
+    model = ImageConditioner(image_cond_model="dinov2_vitl14_reg", cond_in_channels=args["cond_in_channels"],
+                             use_fp16=args.get("use_fp16", False),
+                             image_cond_model_args=sidecar.get("tiny_dinov2_args"))
+    _load(model, tensors, sidecar)
+    with torch.no_grad():
+        tokens = model(_images(tensors))
+    checks = [Check("output.patchtokens", tokens, tensors["output.patchtokens"])]
+    expanded = tensors.get("output.expand_check.weight9_out")
+    if expanded is not None:
+        rgb_kernel = expanded[:, :3]
+        checks.append(Check("output.expand_check.weight9_out",
+                            expand_patch_embedding(rgb_kernel, expanded.shape[1]), expanded))
+    return checks
+
+
+def _sampler(class_name: str) -> Case:
+    """Guidance-interval (and, when stored, always-on CFG) Euler sampling of the case's model."""
+
+    def run(tensors: Tensors, sidecar: dict) -> list[Check]:
+        model = _load(build_network(class_name, sidecar["constructor_args"]), tensors, sidecar)
+        params = sidecar["sample_params"]
+        sampler = FlowEulerSampler(sidecar.get("sampler_args", {}).get("sigma_min", 1e-5))
+        checks = [Check("input.t_seq", torch.tensor(time_schedule(params["steps"], params["rescale_t"]),
+                                                     dtype=torch.float64), tensors["input.t_seq"], atol=1e-12)]
+        variants = {"guidance_interval": tuple(params["cfg_interval"]), "cfg": (0.0, 1.0)}
+        for variant, interval in variants.items():
+            if f"output.{variant}.samples" not in tensors:
+                continue
+            result = sampler.sample(model, tensors["input.noise"], tensors["input.cond"], tensors["input.neg_cond"],
+                                    steps=params["steps"], rescale_t=params["rescale_t"],
+                                    guidance=Guidance(params["cfg_strength"], interval), return_trajectory=True)
+            produced = {"samples": result.samples, "pred_x_t": torch.stack(result.pred_x_t),
+                        "pred_x_0": torch.stack(result.pred_x_0)}
+            for what, value in produced.items():
+                key = f"output.{variant}.{what}"
+                if key in tensors:
+                    checks.append(Check(key, value, tensors[key], atol=SAMPLER_TOL, rtol=SAMPLER_TOL))
+        seed = sidecar.get("seeds", {}).get("noise_seed")
+        if seed is not None:
+            noise = tensors["input.noise"]
+            ours = slot_noise(seed, noise.shape[1], noise.shape[2], noise.shape[-1])
+            checks.append(Check("input.noise (seeded draw)", ours, noise[0]))
+        return checks
+
+    return run
+
+
+def _preprocess(tensors: Tensors, sidecar: dict) -> list[Check]:
+    """Slot images at the README's tolerances: 1e-5 on the stored pixels, 1e-3 on float64 row/column sums."""
+    scene = scene_from_arrays(tensors["input.scene_rgb_u8"].numpy(), tensors["input.label_map_u8"].numpy())
+    slots = build_slots(scene, sidecar.get("exp_setting", "global local"))
+    checks = [Check("output.label_ids", np.array(slots.label_ids, dtype=np.int32), tensors["output.label_ids"])]
+    for i in range(len(slots.label_ids)):
+        full = slots.slots(i)
+        prefix = f"output.instance{i}."
+        checks += [
+            Check(prefix + "crop_boxes", np.array(slots.crop_boxes(i)), tensors[prefix + "crop_boxes"], atol=0, rtol=0),
+            Check(prefix + "cond_sub4", full[:, :, ::4, ::4], tensors[prefix + "cond_sub4"], atol=1e-5, rtol=0),
+            Check(prefix + "row_sums", full.astype(np.float64).sum(-1), tensors[prefix + "row_sums"], atol=1e-3, rtol=0),
+            Check(prefix + "col_sums", full.astype(np.float64).sum(-2), tensors[prefix + "col_sums"], atol=1e-3, rtol=0),
+        ]
+    return checks
+
+
+CASES: dict[str, Case] = {
+    "dinov2": _dinov2,
+    "imgcond9": _image_conditioner,
+    "ss_flow": _network("SparseStructureFlowModel"),
+    "ss_flow_p2": _network("SparseStructureFlowModel"),
+    "ss_sc_flow": _network("SparseStructureSceneContextFlowModel"),
+    "ss_sc_flow_global": _network("SparseStructureSceneContextFlowModel"),
+    "ss_decoder": _network("SparseStructureDecoder"),
+    "ss_encoder": _ss_encoder,
+    "sampler": _sampler("SparseStructureFlowModel"),
+    "sampler_sc": _sampler("SparseStructureSceneContextFlowModel"),
+    "sampler_sc_global": _sampler("SparseStructureSceneContextFlowModel"),
+    "preprocess": _preprocess,
+}

@@ -1,0 +1,38 @@
+"""Shared fixtures: the tiny model package and a small example scene."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load_file
+
+from iscene_server.engine.packages.tiny import write_tiny_package
+
+FIXTURES = Path(__file__).parent / "fixtures"
+PARITY = FIXTURES / "parity"
+
+
+@pytest.fixture(scope="session")
+def tiny_package(tmp_path_factory) -> Path:
+    """A freshly generated tiny I-Scene package (the same one `iscene-server make-tiny-package` writes)."""
+    return write_tiny_package(tmp_path_factory.mktemp("tiny") / "iscene-tiny")
+
+
+@pytest.fixture(scope="session")
+def scene_files(tmp_path_factory) -> tuple[Path, Path]:
+    """A 640x480 scene with three instances (ids 5, 9, 200), written as PNG files."""
+    vectors = load_file(str(PARITY / "preprocess.safetensors"))
+    folder = tmp_path_factory.mktemp("scene")
+    image, labels = folder / "scene.png", folder / "labels.png"
+    Image.fromarray(vectors["input.scene_rgb_u8"]).save(image)
+    Image.fromarray(vectors["input.label_map_u8"]).save(labels)
+    return image, labels
+
+
+@pytest.fixture(scope="session")
+def scene_arrays() -> tuple[np.ndarray, np.ndarray]:
+    vectors = load_file(str(PARITY / "preprocess.safetensors"))
+    return vectors["input.scene_rgb_u8"], vectors["input.label_map_u8"]

@@ -1,0 +1,68 @@
+"""The command line as a user meets it: the README demo, and clear errors instead of tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "iscene_server.cli", *args], capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_readme_demo_on_the_example_render(tmp_path):
+    package = tmp_path / "tiny"
+    assert cli("make-tiny-package", str(package)).returncode == 0
+    proc = cli("generate", "--model", str(package), "--image", str(EXAMPLES / "living_room.png"),
+               "--labels", str(EXAMPLES / "living_room_labels.png"), "--out", str(tmp_path / "out"),
+               "--stage", "1", "--steps", "2")
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((tmp_path / "out" / "stage1.json").read_text())
+    assert [i["label"] for i in summary["instances"]] == [1, 2, 3, 4, 5]
+    assert summary["models"]["model_name"] == "IScene-tiny"
+    assert all(i["voxels"] > 0 for i in summary["instances"])
+
+
+def _assert_clear_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.splitlines()
+    assert any(line.startswith("error: ") for line in lines) and any(line.startswith("hint: ") for line in lines)
+    for fragment in fragments:
+        assert fragment in proc.stderr, proc.stderr
+
+
+def test_missing_image_is_a_clear_error(tiny_package, tmp_path):
+    proc = cli("generate", "--model", str(tiny_package), "--image", str(tmp_path / "nope.png"),
+               "--labels", str(EXAMPLES / "living_room_labels.png"), "--out", str(tmp_path / "out"))
+    _assert_clear_error(proc, "nope.png", "does not exist")
+
+
+def test_empty_label_map_is_a_clear_error(tiny_package, tmp_path):
+    labels = tmp_path / "labels.png"
+    Image.fromarray(np.zeros((480, 640), np.uint8)).save(labels)
+    proc = cli("generate", "--model", str(tiny_package), "--image", str(EXAMPLES / "living_room.png"),
+               "--labels", str(labels), "--out", str(tmp_path / "out"))
+    _assert_clear_error(proc, "no instances")
+    assert not (tmp_path / "out").exists()
+
+
+def test_wrong_model_folder_is_a_clear_error(tmp_path):
+    proc = cli("generate", "--model", str(tmp_path), "--image", str(EXAMPLES / "living_room.png"),
+               "--labels", str(EXAMPLES / "living_room_labels.png"), "--out", str(tmp_path / "out"))
+    _assert_clear_error(proc, "not an I-Scene model package")
+
+
+def test_unknown_label_subset_is_a_clear_error(tiny_package, tmp_path):
+    proc = cli("generate", "--model", str(tiny_package), "--image", str(EXAMPLES / "living_room.png"),
+               "--labels", str(EXAMPLES / "living_room_labels.png"), "--out", str(tmp_path / "out"),
+               "--only", "42")
+    _assert_clear_error(proc, "42")

@@ -1,0 +1,78 @@
+"""`iscene-server parity` reproduces every reference vector, and reports failures honestly."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from conftest import PARITY
+
+STAGE1_CASES = {"dinov2", "imgcond9", "ss_flow", "ss_flow_p2", "ss_sc_flow", "ss_sc_flow_global", "ss_decoder",
+                "ss_encoder", "sampler", "sampler_sc", "sampler_sc_global", "preprocess"}
+
+
+def run_parity(*files: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "iscene_server.cli", "parity", *map(str, files)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_every_vector_passes_through_the_cli():
+    files = sorted(PARITY.glob("*.safetensors"))
+    cases = {json.loads(f.with_suffix(".json").read_text())["case"] for f in files}
+    assert STAGE1_CASES <= cases, f"fixtures lack {STAGE1_CASES - cases}"
+    proc = run_parity(*files)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(lines) == len(files)
+    for line, path in zip(lines, files):
+        assert line.startswith("PASS "), line
+        assert str(path) in line and "max_abs=" in line and "max_rel=" in line
+
+
+def _copy_vector(tmp_path: Path, case: str) -> Path:
+    for suffix in (".safetensors", ".json"):
+        shutil.copy(PARITY / f"{case}{suffix}", tmp_path / f"{case}{suffix}")
+    return tmp_path / f"{case}.safetensors"
+
+
+def test_a_wrong_output_fails_and_names_it(tmp_path):
+    path = _copy_vector(tmp_path, "ss_flow")
+    tensors = load_file(str(path))
+    tensors["output.v"][0, 0, 0, 0, 0] += 1e-2
+    save_file(tensors, str(path), metadata={"case": "ss_flow"})
+    proc = run_parity(path)
+    assert proc.returncode == 1
+    assert proc.stdout.startswith("FAIL ss_flow") and "output.v" in proc.stdout
+
+
+def test_unknown_case_fails(tmp_path):
+    path = _copy_vector(tmp_path, "ss_flow")
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    sidecar["case"] = "no_such_network"
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    proc = run_parity(path)
+    assert proc.returncode == 1
+    assert "FAIL no_such_network" in proc.stdout and "unknown case" in proc.stdout
+
+
+def test_weights_that_do_not_fit_fail_with_the_key(tmp_path):
+    path = _copy_vector(tmp_path, "ss_decoder")
+    tensors = load_file(str(path))
+    del tensors["state_dict.out_layer.2.bias"]
+    save_file(tensors, str(path), metadata={"case": "ss_decoder"})
+    proc = run_parity(path)
+    assert proc.returncode == 1
+    assert "out_layer.2.bias" in proc.stdout and "expected shape [1]" in proc.stdout
+
+
+def test_missing_sidecar_fails(tmp_path):
+    path = _copy_vector(tmp_path, "ss_flow")
+    path.with_suffix(".json").unlink()
+    proc = run_parity(path)
+    assert proc.returncode == 1 and "sidecar" in proc.stdout
