@@ -25,7 +25,7 @@ def test_readme_demo_on_the_example_render(tmp_path):
                "--labels", str(EXAMPLES / "living_room_labels.png"), "--out", str(tmp_path / "out"),
                "--stage", "1", "--steps", "2")
     assert proc.returncode == 0, proc.stderr
-    summary = json.loads((tmp_path / "out" / "stage1.json").read_text())
+    summary = json.loads((tmp_path / "out" / "scene.json").read_text())
     assert [i["label"] for i in summary["instances"]] == [1, 2, 3, 4, 5]
     assert summary["models"]["model_name"] == "IScene-tiny"
     assert all(i["voxels"] > 0 for i in summary["instances"])

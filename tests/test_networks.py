@@ -23,6 +23,9 @@ MANIFESTS = {
     "iscene_ss_sc_flow_img_dit_L_16l8": "SparseStructureSceneContextFlowModel",
     "iscene_image_conditioner": "ImageConditioner",
     "dinov2_vitl14_reg": None,
+    "slat_flow_img_dit_L_64l8p2_fp16": "SLatFlowModel",
+    "slat_dec_mesh_swin8_B_64l8m256c_fp16": "SLatMeshDecoder",
+    "slat_dec_gs_swin8_B_64l8gs32_fp16": "SLatGaussianDecoder",
 }
 
 
@@ -62,6 +65,13 @@ def test_position_embedding_buffer_is_the_documented_formula():
     stored = load_file(str(PARITY / "ss_flow.safetensors"))["state_dict.pos_emb"]
     ours = sincos_position_embedding(grid_coordinates(8), 32)
     torch.testing.assert_close(ours, stored, atol=1e-6, rtol=0)
+
+
+def test_gaussian_offset_buffer_is_the_documented_hammersley_formula():
+    sidecar = json.loads((PARITY / "slat_dec_gs.json").read_text())
+    stored = load_file(str(PARITY / "slat_dec_gs.safetensors"))["state_dict.offset_perturbation"]
+    decoder = build_network("SLatGaussianDecoder", sidecar["constructor_args"])
+    torch.testing.assert_close(decoder.offset_perturbation, stored, atol=1e-6, rtol=0)
 
 
 def test_attention_backends_agree():

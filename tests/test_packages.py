@@ -11,13 +11,16 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from conftest import FIXTURES
+
+from iscene_server.cli import PACKAGE_ROLES as ROLES
 from iscene_server.engine.packages import checkpoints
 from iscene_server.engine.packages.layouts import IScenePackage, TrellisPackage
 from iscene_server.engine.packages.loader import ModelSet, build_from_spec
 from iscene_server.engine.packages.source import PackageSource
+from iscene_server.engine.packages.tiny import RELEASE_SIZES
 from iscene_server.errors import ModelPackageError
 
-ROLES = ["denoiser", "image_conditioner", "sparse_structure_decoder", "sparse_structure_encoder"]
 
 
 @pytest.fixture
@@ -58,6 +61,19 @@ def test_release_storage_dtypes_load_into_float32(tiny_package):
         "sparse_structure_decoder")
     assert decoder.blocks[0].conv1.weight.dtype == torch.float32
     torch.testing.assert_close(decoder.blocks[0].conv1.weight, stored["blocks.0.conv1.weight"].float())
+
+
+@pytest.mark.parametrize("role, manifest", [
+    ("denoiser", "iscene_ss_sc_flow_img_dit_L_16l8"), ("image_conditioner", "iscene_image_conditioner"),
+    ("sparse_structure_decoder", "ss_dec_conv3d_16l8_fp16"), ("sparse_structure_encoder", "ss_enc_conv3d_16l8_fp16"),
+    ("sparse_structure_flow_model", "ss_flow_img_dit_L_16l8_fp16"),
+    ("slat_flow_model", "slat_flow_img_dit_L_64l8p2_fp16"),
+    ("slat_decoder_mesh", "slat_dec_mesh_swin8_B_64l8m256c_fp16"),
+    ("slat_decoder_gs", "slat_dec_gs_swin8_B_64l8gs32_fp16")])
+def test_release_size_packages_use_the_released_arguments(role, manifest):
+    released = json.loads((FIXTURES / "manifests" / f"manifest_{manifest}.json").read_text())["constructor_args"]
+    released.pop("pretrained_base", None)
+    assert RELEASE_SIZES[role] == released
 
 
 def test_trellis_layout_opens_on_its_own(tiny_package):

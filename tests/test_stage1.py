@@ -43,17 +43,20 @@ def test_cli_writes_occupancy_and_a_matching_summary(tiny_package, scene_files, 
                            "--steps", str(STEPS), "--device", "cpu"], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "stage1 3/3" in proc.stderr and "done" in proc.stderr  # the progress bar
-    summary = json.loads((tmp_path / "stage1.json").read_text())
-    arrays = np.load(tmp_path / "stage1.npz")
+    summary = json.loads((tmp_path / "scene.json").read_text())
+    arrays = np.load(tmp_path / "structure.npz")
+    assert summary["stages"] == 1 and not list(tmp_path.glob("*.glb"))
     assert [i["label"] for i in summary["instances"]] == [5, 9, 200]
     assert summary["frame"]["crop_box"] == [27.0, -58.0, 663.0, 578.0]
     assert summary["frame"]["image_size"] == [640, 480]
-    assert summary["sampler"]["steps"] == STEPS and summary["sampler"]["cfg_strength"] == 3.0
+    stage1 = summary["sampler"]["stage1"]
+    assert stage1["steps"] == STEPS and stage1["cfg_strength"] == 3.0
+    assert arrays["scene_latent"].shape == (8, 16, 16, 16)
     for inst in summary["instances"]:
-        coords = arrays[inst["coords"]]
+        coords = arrays[f"coords_{inst['label']}"]
         assert coords.shape == (inst["voxels"], 3) and inst["voxels"] > 0
         assert coords.min() >= 0 and coords.max() < 64
-        assert arrays[inst["latent"]].shape == (8, 16, 16, 16)
+        assert arrays[f"latent_{inst['label']}"].shape == (8, 16, 16, 16)
         lo, hi = np.array(inst["bbox"]["min"]), np.array(inst["bbox"]["max"])
         assert np.allclose(lo, coords.min(0) / 64 - 0.5) and np.allclose(hi, (coords.max(0) + 1) / 64 - 0.5)
 

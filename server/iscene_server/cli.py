@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,9 @@ from . import __version__
 from .errors import ISceneError
 
 DEFAULT_MODEL = "LuLing/IScene"
+# Every network the server uses (the encoder is for refine); the TRELLIS base's own ss_flow is never needed.
+PACKAGE_ROLES = ("denoiser", "image_conditioner", "sparse_structure_decoder", "sparse_structure_encoder",
+                 "slat_flow_model", "slat_decoder_mesh", "slat_decoder_gs")
 
 
 class ProgressBar:
@@ -56,28 +60,68 @@ def _add_runtime_options(p: argparse.ArgumentParser) -> None:
                    help="attention backend (default: $ISCENE_ATTN_BACKEND or auto)")
 
 
+def _instance_seeds(pairs: list[str]) -> dict[int, int]:
+    seeds = {}
+    for pair in pairs or []:
+        label, _, seed = pair.partition("=")
+        if not (label.strip().isdigit() and seed.strip().lstrip("-").isdigit()):
+            raise ISceneError(f"--instance-seed {pair!r} is not LABEL=SEED", "for example --instance-seed 3=1234",
+                              code="bad_input")
+        seeds[int(label)] = int(seed)
+    return seeds
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .engine.packages.loader import resolve_device, resolve_dtype
-    from .engine.pipeline import STAGE1_PLAN, ScenePipeline, Stage1Request
+    from .engine.pipeline import GENERATE_PLAN, STAGE1_PLAN, GenerationRequest, ScenePipeline
     from .engine.preprocess import load_scene
     from .engine.progress import ProgressTracker
-    from .engine.results import stage1_summary, write_stage1
+    from .engine.results import SceneWriter, check_same_inputs, file_digest, read_manifest
 
-    scene = load_scene(args.image, args.labels, max_pixels=args.max_pixels)
+    image, labels = (_read_input(path, what) for path, what in ((args.image, "image"), (args.labels, "label map")))
+    scene = load_scene(image, labels, max_pixels=args.max_pixels)
+    inputs = {"image": Path(args.image).name, "labels": Path(args.labels).name,
+              "digests": {"image": file_digest(image), "labels": file_digest(labels)}}
+    parent = read_manifest(args.out)
+    if parent is not None:
+        check_same_inputs(parent, inputs)
+    regenerating = parent is not None and bool(args.only)
+    seeds = _instance_seeds(args.instance_seed)
+    if regenerating:  # new seeds for the chosen objects unless given; the parent's frame and scene seed
+        seeds = {label: seeds.get(label, secrets.randbelow(2 ** 31)) for label in args.only}
+    request = GenerationRequest(
+        seed=parent["scene_seed"] if regenerating else args.seed, seeds=seeds, labels=args.only,
+        scene_box=tuple(parent["frame"]["crop_box"]) if regenerating else None, steps=args.steps,
+        cfg_strength=args.cfg, slat_steps=args.slat_steps, slat_cfg_strength=args.slat_cfg,
+        formats=tuple(args.formats), target_faces=args.target_faces, min_floater_fraction=args.min_floater,
+        mesh_grid=args.mesh_grid)
     pipeline = ScenePipeline.from_pretrained(args.model, args.device, args.dtype)
-    request = Stage1Request(seed=args.seed, labels=args.only, steps=args.steps, cfg_strength=args.cfg)
+    header = {"models": pipeline.package.model_ids(), "device": str(pipeline.device),
+              "dtype": str(pipeline.models.dtype).removeprefix("torch."), "inputs": inputs}
+    writer = SceneWriter(args.out, header, parent if regenerating else None)
     bar = ProgressBar()
     try:
-        result = pipeline.stage1(scene, request, ProgressTracker(STAGE1_PLAN, bar))
+        if args.stage == 1:
+            manifest = writer.write_stage1(pipeline.stage1(scene, request, ProgressTracker(STAGE1_PLAN, bar)))
+        else:
+            manifest = writer.write_scene(pipeline.generate(scene, request, ProgressTracker(GENERATE_PLAN, bar)))
     finally:
         bar.close()
-    summary = stage1_summary(result, pipeline.package.model_ids(), str(pipeline.device),
-                             str(pipeline.models.dtype).removeprefix("torch."))
-    for path in write_stage1(args.out, result, summary):
-        print(path)
-    for inst in summary["instances"]:
-        print(f"instance {inst['label']}: seed {inst['seed']}, {inst['voxels']} voxels")
+    print(Path(args.out) / "scene.json")
+    for entry in manifest["instances"]:
+        shape = f", {entry['faces']} faces -> {entry['file']}" if entry.get("file") else ""
+        print(f"instance {entry['label']}: seed {entry['seed']}, {entry['voxels']} voxels{shape}")
     return 0
+
+
+def _read_input(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ISceneError(f"the {what} file '{path}' does not exist", f"check the path of the {what}",
+                          code="bad_input") from None
+    except OSError as exc:
+        raise ISceneError(f"the {what} file '{path}' could not be read ({exc.strerror or exc})",
+                          f"check the {what}'s file", code="bad_input") from None
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
@@ -95,7 +139,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
 def cmd_make_tiny_package(args: argparse.Namespace) -> int:
     from .engine.packages.tiny import write_tiny_package
 
-    print(write_tiny_package(args.directory, seed=args.seed))
+    print(write_tiny_package(args.directory, seed=args.seed, release_sizes=args.release_sizes))
     return 0
 
 
@@ -103,8 +147,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     from .engine.packages.layouts import IScenePackage
 
     package = IScenePackage.open(args.model)
-    roles = ["denoiser", "image_conditioner", "sparse_structure_decoder", "sparse_structure_encoder"]
-    for role in roles:
+    for role in PACKAGE_ROLES:
         spec = package.network(role)
         print(f"{role}: {spec.weights_path()}")
     return 0
@@ -121,12 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--image", required=True, help="scene image (PNG, JPEG, ...)")
     gen.add_argument("--labels", required=True, help="instance label map (one id per object, 0 = background)")
     gen.add_argument("--out", required=True, help="output folder")
-    gen.add_argument("--stage", type=int, choices=[1], default=1,
-                     help="last stage to run: 1 = sparse structure (occupancy per instance)")
-    gen.add_argument("--seed", type=int, default=42)
-    gen.add_argument("--only", type=int, nargs="+", metavar="LABEL", help="generate only these instances")
+    gen.add_argument("--stage", type=int, choices=[1, 2], default=2,
+                     help="last stage: 1 = occupancy per instance only, 2 = meshes (default)")
+    gen.add_argument("--seed", type=int, default=42, help="scene seed (default 42, as the I-Scene inferencer)")
+    gen.add_argument("--only", type=int, nargs="+", metavar="LABEL",
+                     help="only these instances; in a folder that already holds this scene: regenerate them "
+                          "with new seeds, keeping the frame and every other instance's files")
+    gen.add_argument("--instance-seed", nargs="+", metavar="LABEL=SEED", help="seed of particular instances")
     gen.add_argument("--steps", type=int, help="stage-1 sampling steps (package default 25)")
     gen.add_argument("--cfg", type=float, help="stage-1 guidance strength (package default 3.0)")
+    gen.add_argument("--slat-steps", type=int, help="stage-2 sampling steps (package default 25)")
+    gen.add_argument("--slat-cfg", type=float, help="stage-2 guidance strength (package default 3.0)")
+    gen.add_argument("--formats", nargs="+", default=["mesh"], choices=["mesh", "gaussian"],
+                     help="outputs per instance: mesh (GLB), gaussian (3DGS PLY)")
+    gen.add_argument("--target-faces", type=int, default=50_000, help="decimate each mesh to about this many faces")
+    gen.add_argument("--min-floater", type=float, default=0.02,
+                     help="drop mesh parts smaller than this fraction of the largest part")
+    gen.add_argument("--mesh-grid", default="iscene", choices=["iscene", "trellis"],
+                     help="FlexiCubes grid: iscene = the release's (res x5), trellis = res x4")
     gen.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (pixels)")
     _add_runtime_options(gen)
     gen.set_defaults(func=cmd_generate)
@@ -139,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = sub.add_parser("make-tiny-package", help="write a tiny seeded model package (tests, offline demo)")
     tiny.add_argument("directory", type=Path)
     tiny.add_argument("--seed", type=int, default=20260101)
+    tiny.add_argument("--release-sizes", action="store_true",
+                      help="random weights at the release's sizes (~4.6 GB; for GPU benchmarks without a download)")
     tiny.set_defaults(func=cmd_make_tiny_package)
 
     dl = sub.add_parser("download", help="fetch a model package into the Hugging Face cache")

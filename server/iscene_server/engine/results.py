@@ -1,64 +1,144 @@
-"""Writing pipeline results to disk in documented, tool-friendly formats."""
+"""A scene on disk: ``scene.json`` (the manifest), ``structure.npz`` (stage-1 voxels and latents),
+``instance_<label>.glb`` per instance, ``scene.glb`` (all instances) and optional ``instance_<label>.ply``.
+
+Regenerating a subset writes only the regenerated instances' files and the scene-wide files; every other
+instance's files are left untouched (so they stay byte-identical), and its manifest entry is carried over.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
-from .pipeline import Stage1Result
-from .stage1 import GRID
+from ..errors import InputError
+from ..geometry.export import instance_name, write_gaussian_ply, write_instance_glb, write_scene_glb
+from ..geometry.postprocess import bounds_and_origin
+from .pipeline import InstanceResult, SceneResult, Stage1Result
+from .stage1 import GRID, InstanceStructure
 
-STAGE1_NPZ = "stage1.npz"
-STAGE1_JSON = "stage1.json"
-
-
-def _bbox(positions: np.ndarray) -> dict:
-    if positions.size == 0:
-        return {"min": None, "max": None}
-    half = 0.5 / GRID
-    return {"min": (positions.min(0) - half).round(6).tolist(), "max": (positions.max(0) + half).round(6).tolist()}
+FORMAT = "iscene-scene/1"
+SCENE_JSON = "scene.json"
+SCENE_GLB = "scene.glb"
+STRUCTURE_NPZ = "structure.npz"
 
 
-def stage1_summary(result: Stage1Result, model_ids: dict, device: str, dtype: str) -> dict:
-    slots = result.slots
-    return {
-        "format": "iscene-stage1/1",
-        "models": model_ids,
-        "device": device,
-        "dtype": dtype,
-        "frame": {
-            "image_size": list(slots.image_size),
-            "crop_box": list(slots.scene_box),
-            "grid": GRID,
-            "voxel_size": 1.0 / GRID,
-            "voxel_centre": "(index + 0.5) / grid - 0.5, per axis x, y, z (scene frame [-0.5, 0.5]^3, z up)",
-        },
-        "scene_seed": result.structure.scene_seed,
-        "sampler": result.settings,
-        "instances": [
-            {"label": inst.label, "seed": inst.seed, "voxels": int(inst.coords.shape[0]),
-             "coords": f"coords_{inst.label}", "latent": f"latent_{inst.label}",
-             "bbox": _bbox(inst.positions())}
-            for inst in result.structure.instances
-        ],
-        "timings_s": {k: round(v, 4) for k, v in result.timings.items()},
-    }
+def file_digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
-def write_stage1(out_dir: str | Path, result: Stage1Result, summary: dict) -> list[Path]:
-    """``stage1.npz`` (``coords_<label>`` int16 [M, 3], ``latent_<label>`` and ``scene_latent`` float32
-    [8, 16, 16, 16]) and ``stage1.json`` (the summary)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    arrays = {"scene_latent": result.structure.scene_latent.numpy()}
-    for inst in result.structure.instances:
-        arrays[f"coords_{inst.label}"] = inst.coords
-        arrays[f"latent_{inst.label}"] = inst.latent.numpy()
-    npz, js = out / STAGE1_NPZ, out / STAGE1_JSON
-    with open(npz.with_suffix(".tmp"), "wb") as f:
-        np.savez_compressed(f, **arrays)
-    npz.with_suffix(".tmp").replace(npz)
-    js.write_text(json.dumps(summary, indent=2))
-    return [npz, js]
+def voxel_bounds(inst: InstanceStructure) -> dict:
+    if inst.coords.size == 0:
+        return {"min": None, "max": None, "origin": None}
+    lo = inst.coords.min(0) / GRID - 0.5
+    hi = (inst.coords.max(0) + 1) / GRID - 0.5
+    return {"min": lo.round(6).tolist(), "max": hi.round(6).tolist(),
+            "origin": [round(float((lo[0] + hi[0]) / 2), 6), round(float((lo[1] + hi[1]) / 2), 6),
+                       round(float(lo[2]), 6)]}
+
+
+def read_manifest(folder: str | Path) -> dict | None:
+    path = Path(folder) / SCENE_JSON
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is unreadable ({exc})", "use a new output folder") from None
+    if manifest.get("format") != FORMAT:
+        raise InputError(f"{path} is not a scene written by this server", "use a new output folder")
+    return manifest
+
+
+def check_same_inputs(parent: dict, inputs: dict) -> None:
+    if parent.get("inputs", {}).get("digests") != inputs["digests"]:
+        raise InputError("the output folder holds a scene made from a different image or label map",
+                         "regenerate into the folder of that scene's own inputs, or use a new output folder")
+
+
+class SceneWriter:
+    """Writes one generation (full or stage 1 only) into a folder, merging with an earlier scene there."""
+
+    def __init__(self, folder: str | Path, header: dict, parent: dict | None = None):
+        self.folder = Path(folder)
+        self.header = header
+        self.parent = parent
+
+    def _entries(self, new: list[dict]) -> list[dict]:
+        replaced = {e["label"] for e in new}
+        kept = [e for e in (self.parent or {}).get("instances", []) if e["label"] not in replaced]
+        return sorted(kept + new, key=lambda e: e["label"])
+
+    def _write_structure(self, scene_latent, instances: list[InstanceStructure]) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        previous = self.folder / STRUCTURE_NPZ
+        if self.parent is not None and previous.is_file():
+            with np.load(previous) as old:
+                arrays.update({k: old[k] for k in old.files})
+        arrays["scene_latent"] = scene_latent.numpy()
+        for inst in instances:
+            arrays[f"coords_{inst.label}"] = inst.coords
+            arrays[f"latent_{inst.label}"] = inst.latent.numpy()
+        partial = self.folder / (STRUCTURE_NPZ + ".partial")
+        with open(partial, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        partial.replace(previous)
+
+    def _write_manifest(self, manifest: dict) -> dict:
+        partial = self.folder / (SCENE_JSON + ".partial")
+        partial.write_text(json.dumps(manifest, indent=2))
+        partial.replace(self.folder / SCENE_JSON)
+        return manifest
+
+    def _manifest(self, slots, scene_seed: int, entries: list[dict], settings: dict, timings: dict,
+                  extra: dict) -> dict:
+        return {
+            "format": FORMAT, **self.header,
+            "frame": {"image_size": list(slots.image_size), "crop_box": list(slots.scene_box), "grid": GRID,
+                      "voxel_centre": "(index + 0.5) / grid - 0.5 per axis; scene frame [-0.5, 0.5]^3, z up"},
+            "scene_seed": scene_seed, "sampler": settings, **extra,
+            "instances": self._entries(entries),
+            "camera": None,
+            "timings_s": {k: round(v, 4) for k, v in timings.items()},
+        }
+
+    def write_stage1(self, result: Stage1Result) -> dict:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        structure = result.structure
+        self._write_structure(structure.scene_latent, structure.instances)
+        entries = [{"label": i.label, "seed": i.seed, "voxels": int(len(i.coords)), "bbox": voxel_bounds(i)}
+                   for i in structure.instances]
+        return self._write_manifest(self._manifest(result.slots, structure.scene_seed, entries,
+                                                   {"stage1": result.settings}, result.timings, {"stages": 1}))
+
+    def write_scene(self, result: SceneResult) -> dict:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write_structure(result.scene_latent, [i.structure for i in result.instances])
+        entries = [self._write_instance(inst) for inst in result.instances]
+        manifest = self._manifest(result.slots, result.scene_seed, entries, result.settings, result.timings,
+                                  {"stages": 2, "mesh_frame": result.mesh_frame.describe()})
+        meshes = [self.folder / e["file"] for e in manifest["instances"] if e.get("file")]
+        if meshes:
+            write_scene_glb(self.folder / SCENE_GLB, meshes)
+            manifest["files"] = {"scene": SCENE_GLB, "structure": STRUCTURE_NPZ}
+        return self._write_manifest(manifest)
+
+    def _write_instance(self, inst: InstanceResult) -> dict:
+        structure, name = inst.structure, instance_name(inst.label)
+        entry = {"label": inst.label, "seed": structure.seed, "voxels": int(len(structure.coords)),
+                 "bbox": voxel_bounds(structure), "file": None, "vertices": 0, "faces": 0,
+                 "extracted_faces": inst.extracted_faces}
+        for stale in (f"{name}.glb", f"{name}.ply"):
+            (self.folder / stale).unlink(missing_ok=True)
+        if inst.mesh is not None:
+            write_instance_glb(self.folder / f"{name}.glb", inst.mesh, label=inst.label, seed=structure.seed,
+                               model_ids=self.header["models"])
+            bounds = bounds_and_origin(inst.mesh.vertices)
+            entry.update(file=f"{name}.glb", vertices=inst.mesh.vertex_count, faces=inst.mesh.face_count,
+                         bbox=bounds.to_dict())
+        if inst.gaussians is not None:
+            write_gaussian_ply(self.folder / f"{name}.ply", inst.gaussians)
+            entry["ply"] = f"{name}.ply"
+        return entry

@@ -8,6 +8,9 @@ from typing import Mapping
 import torch.nn as nn
 
 from .image_conditioner import ImageConditioner
+from .slat_flow import SLatFlowModel
+from .slat_gs_decoder import SLatGaussianDecoder
+from .slat_mesh_decoder import SLatMeshDecoder
 from .ss_decoder import SparseStructureDecoder
 from .ss_encoder import SparseStructureEncoder
 from .ss_flow import SparseStructureFlowModel
@@ -19,6 +22,9 @@ NETWORKS: dict[str, type[nn.Module]] = {
     "SparseStructureFlowModel": SparseStructureFlowModel,
     "SparseStructureSceneContextFlowModel": SparseStructureSceneContextFlowModel,
     "ImageConditioner": ImageConditioner,
+    "SLatFlowModel": SLatFlowModel,
+    "SLatMeshDecoder": SLatMeshDecoder,
+    "SLatGaussianDecoder": SLatGaussianDecoder,
 }
 
 # Training-time argument names some released configs carry; they do not change the network.

@@ -48,20 +48,25 @@ class MultiHeadAttention(nn.Module):
             self.k_rms_norm = MultiHeadRMSNorm(self.head_dim, num_heads)
         self.to_out = nn.Linear(channels, channels)
 
+    def _heads(self, t: torch.Tensor, fused: int) -> tuple[torch.Tensor, ...]:
+        return t.reshape(*t.shape[:-1], fused, self.num_heads, self.head_dim).unbind(-3)
+
     def project_qkv(self, x: torch.Tensor, context: torch.Tensor | None = None):
-        """Queries, keys and values as ``[B, L, H, D]`` each (after the optional RMS norm)."""
-        b, n, _ = x.shape
+        """Queries, keys and values ``[..., L, H, D]`` (after the optional RMS norm).
+
+        Works for dense ``[B, L, C]`` tokens and for sparse ``[N, C]`` rows alike.
+        """
         if self.is_self:
-            q, k, v = self.to_qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).unbind(2)
+            q, k, v = self._heads(self.to_qkv(x), 3)
         else:
-            q = self.to_q(x).reshape(b, n, self.num_heads, self.head_dim)
-            k, v = self.to_kv(context).reshape(b, context.shape[1], 2, self.num_heads, self.head_dim).unbind(2)
+            (q,) = self._heads(self.to_q(x), 1)
+            k, v = self._heads(self.to_kv(context), 2)
         if self.qk_rms_norm:
             q, k = self.q_rms_norm(q), self.k_rms_norm(k)
         return q, k, v
 
     def project_out(self, h: torch.Tensor) -> torch.Tensor:
-        return self.to_out(h.reshape(h.shape[0], h.shape[1], self.channels))
+        return self.to_out(h.reshape(*h.shape[:-2], self.channels))
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return self.project_out(attention(*self.project_qkv(x, context)))
@@ -91,12 +96,19 @@ class ModulatedTransformerCrossBlock(nn.Module):
         """Self-attention over each sequence; ``layout`` is for subclasses that relate sequences."""
         return self.self_attn(h)
 
+    def attend_context(self, h: torch.Tensor, context: torch.Tensor, layout=None) -> torch.Tensor:
+        return self.cross_attn(h, context)
+
+    def broadcast(self, mod: torch.Tensor, layout=None) -> torch.Tensor:
+        """Per-sample modulation ``[B, 6C]`` shaped to broadcast over the tokens of each sample."""
+        return mod.unsqueeze(1)
+
     def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, layout=None) -> torch.Tensor:
         if not self.share_mod:
             mod = self.adaLN_modulation(mod)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)
-        h = self.norm1(x) * (1 + scale_msa.unsqueeze(1)) + shift_msa.unsqueeze(1)
-        x = x + self.attend_self(h, layout) * gate_msa.unsqueeze(1)
-        x = x + self.cross_attn(self.norm2(x), context)
-        h = self.norm3(x) * (1 + scale_mlp.unsqueeze(1)) + shift_mlp.unsqueeze(1)
-        return x + self.mlp(h) * gate_mlp.unsqueeze(1)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.broadcast(mod, layout).chunk(6, -1)
+        h = self.norm1(x) * (1 + scale_msa) + shift_msa
+        x = x + self.attend_self(h, layout) * gate_msa
+        x = x + self.attend_context(self.norm2(x), context, layout)
+        h = self.norm3(x) * (1 + scale_mlp) + shift_mlp
+        return x + self.mlp(h) * gate_mlp

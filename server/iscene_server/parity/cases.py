@@ -17,6 +17,7 @@ from ..engine.stage1 import slot_noise
 from ..nn.dinov2 import DinoVisionTransformer
 from ..nn.image_conditioner import ImageConditioner, expand_patch_embedding, imagenet_normalize
 from ..nn.registry import build_network
+from ..nn.sparse import SparseTensor
 from .checks import SAMPLER_TOL, Check
 
 Tensors = dict[str, torch.Tensor]
@@ -136,6 +137,54 @@ def _preprocess(tensors: Tensors, sidecar: dict) -> list[Check]:
     return checks
 
 
+def _sparse_input(tensors: Tensors) -> SparseTensor:
+    return SparseTensor(tensors["input.feats"], tensors["input.coords"])
+
+
+def _slat_flow(tensors: Tensors, sidecar: dict) -> list[Check]:
+    model = _load(build_network("SLatFlowModel", sidecar["constructor_args"]), tensors, sidecar)
+    with torch.no_grad():
+        out = model(_sparse_input(tensors), tensors["input.t"], tensors["input.cond"])
+    return [Check("output.feats", out.feats, tensors["output.feats"]),
+            Check("output.coords", out.coords, tensors["output.coords"])]
+
+
+def _slat_dec_mesh(tensors: Tensors, sidecar: dict) -> list[Check]:
+    """The raw head, then FlexiCubes on the reference's own head output for both grid variants
+    (TRELLIS res x4, I-Scene res x5): mesh topology hinges on SDF signs, so extraction is compared on
+    identical inputs (the parity README's advice)."""
+    from ..geometry.flexicubes import extract_mesh
+
+    model = _load(build_network("SLatMeshDecoder", sidecar["constructor_args"]), tensors, sidecar)
+    with torch.no_grad():
+        out = model(_sparse_input(tensors))
+    checks = [Check("output.raw_feats", out.feats, tensors["output.raw_feats"]),
+              Check("output.raw_coords", out.coords, tensors["output.raw_coords"])]
+    head = model.head_resolution
+    for variant, res in (("trellis", head), ("iscene", head * 5 // 4)):
+        mesh = extract_mesh(tensors["output.raw_coords"][:, 1:], tensors["output.raw_feats"], res)
+        prefix = f"output.{variant}."
+        checks += [Check(prefix + "faces", mesh.faces.int(), tensors[prefix + "faces"]),
+                   Check(prefix + "vertices", mesh.vertices, tensors[prefix + "vertices"]),
+                   Check(prefix + "vertex_attrs", mesh.vertex_attrs, tensors[prefix + "vertex_attrs"])]
+    return checks
+
+
+def _slat_dec_gs(tensors: Tensors, sidecar: dict) -> list[Check]:
+    model = _load(build_network("SLatGaussianDecoder", sidecar["constructor_args"]), tensors, sidecar)
+    with torch.no_grad():
+        out = model(_sparse_input(tensors))
+    checks = [Check("output.raw_feats", out.feats, tensors["output.raw_feats"])]
+    names = {"_xyz": "raw_xyz", "_features_dc": "raw_features_dc", "_scaling": "raw_scaling",
+             "_rotation": "raw_rotation", "_opacity": "raw_opacity", "get_xyz": "xyz", "get_scaling": "scaling",
+             "get_rotation": "rotation", "get_opacity": "opacity"}
+    for i, gaussians in enumerate(model.to_gaussians(out)):
+        for ref_name, ours in names.items():
+            key = f"output.gaussian.{i}.{ref_name}"
+            checks.append(Check(key, getattr(gaussians, ours), tensors[key]))
+    return checks
+
+
 CASES: dict[str, Case] = {
     "dinov2": _dinov2,
     "imgcond9": _image_conditioner,
@@ -149,4 +198,7 @@ CASES: dict[str, Case] = {
     "sampler_sc": _sampler("SparseStructureSceneContextFlowModel"),
     "sampler_sc_global": _sampler("SparseStructureSceneContextFlowModel"),
     "preprocess": _preprocess,
+    "slat_flow": _slat_flow,
+    "slat_dec_mesh": _slat_dec_mesh,
+    "slat_dec_gs": _slat_dec_gs,
 }

@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from ...nn.precision import TorsoPrecision
 from ...nn.registry import build_network
+from ...nn.slat_mesh_decoder import MESH_CHANNELS, SLatMeshDecoder
 from ...nn.ss_decoder import SparseStructureDecoder
 from .layouts import ISCENE_CONFIG_JSON, PIPELINE_JSON, SS_ENCODER_STEM
 
@@ -44,17 +45,62 @@ TINY_SS_DECODER = {"out_channels": 1, "latent_channels": 8, "num_res_blocks": 1,
                    "num_res_blocks_middle": 1, "use_fp16": True}
 TINY_SS_ENCODER = {"in_channels": 1, "latent_channels": 8, "num_res_blocks": 1, "channels": [8, 16, 32],
                    "num_res_blocks_middle": 1, "use_fp16": True}
+TINY_SLAT_FLOW = {"resolution": 64, "in_channels": 8, "out_channels": 8, "model_channels": 64, "cond_channels": 32,
+                  "num_blocks": 2, "num_heads": 2, "mlp_ratio": 4, "patch_size": 2, "num_io_res_blocks": 2,
+                  "io_block_channels": [32], "pe_mode": "ape", "qk_rms_norm": True, "use_fp16": True}
+# 256 is the smallest width the mesh decoder allows (GroupNorm(32, C/8) in its subdivision blocks).
+TINY_MESH_DECODER = {"resolution": 64, "model_channels": 256, "latent_channels": 8, "num_blocks": 2, "num_heads": 4,
+                     "mlp_ratio": 1, "attn_mode": "swin", "window_size": 8, "use_fp16": True,
+                     "representation_config": {"use_color": True}}
+RELEASED_GAUSSIANS = {"lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, "_scaling": 1.0, "_rotation": 0.1},
+                      "perturb_offset": True, "voxel_size": 1.5, "num_gaussians": 32, "2d_filter_kernel_size": 0.1,
+                      "3d_filter_kernel_size": 9e-4, "scaling_bias": 4e-3, "opacity_bias": 0.1,
+                      "scaling_activation": "softplus"}
+TINY_GS_DECODER = {"resolution": 64, "model_channels": 64, "latent_channels": 8, "num_blocks": 2, "num_heads": 2,
+                   "mlp_ratio": 2, "attn_mode": "swin", "window_size": 8, "use_fp16": True,
+                   "representation_config": RELEASED_GAUSSIANS}
 TINY_CONDITIONER = {"image_cond_model": "dinov2_vitl14_reg", "cond_in_channels": 3, "use_fp16": False,
                     "image_cond_model_args": TINY_DINOV2}
 
-# role in pipeline.json -> (checkpoint stem, class name, args)
+RELEASE_SS_FLOW = {"resolution": 16, "in_channels": 8, "out_channels": 8, "model_channels": 1024,
+                   "cond_channels": 1024, "num_blocks": 24, "num_heads": 16, "mlp_ratio": 4, "patch_size": 1,
+                   "pe_mode": "ape", "qk_rms_norm": True, "use_fp16": True}
+RELEASE_SIZES = {
+    "denoiser": {**RELEASE_SS_FLOW, "scene_context_attn_num": 5, "learning_pattern": "full-finetune",
+                 "exp_setting": "global"},
+    "image_conditioner": {"image_cond_model": "dinov2_vitl14_reg", "cond_in_channels": 3, "use_fp16": False},
+    "sparse_structure_decoder": {"out_channels": 1, "latent_channels": 8, "num_res_blocks": 2,
+                                 "num_res_blocks_middle": 2, "channels": [512, 128, 32], "use_fp16": True},
+    "sparse_structure_encoder": {"in_channels": 1, "latent_channels": 8, "num_res_blocks": 2,
+                                 "num_res_blocks_middle": 2, "channels": [32, 128, 512], "use_fp16": True},
+    "sparse_structure_flow_model": RELEASE_SS_FLOW,
+    "slat_flow_model": {"resolution": 64, "in_channels": 8, "out_channels": 8, "model_channels": 1024,
+                        "cond_channels": 1024, "num_blocks": 24, "num_heads": 16, "mlp_ratio": 4, "patch_size": 2,
+                        "num_io_res_blocks": 2, "io_block_channels": [128], "pe_mode": "ape", "qk_rms_norm": True,
+                        "use_fp16": True},
+    "slat_decoder_mesh": {"resolution": 64, "model_channels": 768, "latent_channels": 8, "num_blocks": 12,
+                          "num_heads": 12, "mlp_ratio": 4, "attn_mode": "swin", "window_size": 8, "use_fp16": True,
+                          "representation_config": {"use_color": True}},
+    "slat_decoder_gs": {"resolution": 64, "model_channels": 768, "latent_channels": 8, "num_blocks": 12,
+                        "num_heads": 12, "mlp_ratio": 4, "attn_mode": "swin", "window_size": 8, "use_fp16": True,
+                        "representation_config": RELEASED_GAUSSIANS},
+}
+TINY_SIZES = {"denoiser": TINY_DENOISER, "image_conditioner": TINY_CONDITIONER,
+              "sparse_structure_decoder": TINY_SS_DECODER, "sparse_structure_encoder": TINY_SS_ENCODER,
+              "sparse_structure_flow_model": TINY_SS_FLOW, "slat_flow_model": TINY_SLAT_FLOW,
+              "slat_decoder_mesh": TINY_MESH_DECODER, "slat_decoder_gs": TINY_GS_DECODER}
+# Release-size packages are for GPU benchmarks: about 20k occupied voxels per object, as real scenes have.
+RELEASE_OCCUPANCY_FRACTION = 20_000 / 64 ** 3
+
+# role in pipeline.json -> (checkpoint stem, class name)
 TRELLIS_NETWORKS = {
-    "sparse_structure_decoder": ("ckpts/ss_dec_conv3d_16l8_fp16", "SparseStructureDecoder", TINY_SS_DECODER),
-    "sparse_structure_flow_model": ("ckpts/ss_flow_img_dit_L_16l8_fp16", "SparseStructureFlowModel", TINY_SS_FLOW),
+    "sparse_structure_decoder": ("ckpts/ss_dec_conv3d_16l8_fp16", "SparseStructureDecoder"),
+    "sparse_structure_flow_model": ("ckpts/ss_flow_img_dit_L_16l8_fp16", "SparseStructureFlowModel"),
+    "slat_flow_model": ("ckpts/slat_flow_img_dit_L_64l8p2_fp16", "SLatFlowModel"),
+    "slat_decoder_mesh": ("ckpts/slat_dec_mesh_swin8_B_64l8m256c_fp16", "SLatMeshDecoder"),
+    "slat_decoder_gs": ("ckpts/slat_dec_gs_swin8_B_64l8gs32_fp16", "SLatGaussianDecoder"),
 }
-EXTRA_TRELLIS_NETWORKS = {
-    "sparse_structure_encoder": (SS_ENCODER_STEM, "SparseStructureEncoder", TINY_SS_ENCODER),
-}
+EXTRA_TRELLIS_NETWORKS = {"sparse_structure_encoder": (SS_ENCODER_STEM, "SparseStructureEncoder")}
 
 
 def _seeded(name: str, args: dict, seed: int) -> nn.Module:
@@ -80,6 +126,15 @@ def _calibrate_occupancy(decoder: SparseStructureDecoder, fraction: float, seed:
         decoder.out_layer[2].bias -= threshold
 
 
+def _bias_mesh_head_inside(decoder: SLatMeshDecoder) -> None:
+    """Make the corner SDFs clearly negative, so the tiny decoder's surfaces follow the stage-1 voxels
+    (readable shapes in demos) instead of wrapping random noise."""
+    sdf = slice(*MESH_CHANNELS["sdf"])
+    with torch.no_grad():
+        decoder.out_layer.weight[sdf] *= 0.05
+        decoder.out_layer.bias[sdf] = -1.0
+
+
 def _stored_state(net: nn.Module, use_fp16: bool) -> dict[str, torch.Tensor]:
     """The state dict in the release's storage dtypes (half-precision torso when ``use_fp16``)."""
     if use_fp16 and isinstance(net, TorsoPrecision):
@@ -90,26 +145,34 @@ def _stored_state(net: nn.Module, use_fp16: bool) -> dict[str, torch.Tensor]:
     return state
 
 
-def _write_trellis_network(root: Path, stem: str, name: str, args: dict, seed: int) -> None:
+def _write_trellis_network(root: Path, stem: str, name: str, args: dict, seed: int, occupancy: float) -> None:
     net = _seeded(name, args, seed)
     if isinstance(net, SparseStructureDecoder):
-        _calibrate_occupancy(net, OCCUPANCY_FRACTION, seed)
+        _calibrate_occupancy(net, occupancy, seed)
+    if isinstance(net, SLatMeshDecoder):
+        _bias_mesh_head_inside(net)
     (root / stem).parent.mkdir(parents=True, exist_ok=True)
     (root / f"{stem}.json").write_text(json.dumps({"name": name, "args": args}, indent=4))
     save_file(_stored_state(net, args.get("use_fp16", False)), str(root / f"{stem}.safetensors"))
 
 
-def write_tiny_package(directory: str | Path, seed: int = SEED) -> Path:
-    """Write the tiny package into ``directory`` (created if needed) and return its path."""
+def write_tiny_package(directory: str | Path, seed: int = SEED, release_sizes: bool = False) -> Path:
+    """Write the tiny package into ``directory`` (created if needed) and return its path.
+
+    ``release_sizes`` writes the same random-weight package at the release's sizes instead (about 4.6 GB,
+    minutes on a CPU): full-size timing and memory figures without downloading the real weights.
+    """
     root = Path(directory)
     base = root / BASE_DIR
+    sizes = RELEASE_SIZES if release_sizes else TINY_SIZES
+    occupancy = RELEASE_OCCUPANCY_FRACTION if release_sizes else OCCUPANCY_FRACTION
     networks = {**TRELLIS_NETWORKS, **EXTRA_TRELLIS_NETWORKS}
-    for offset, (stem, name, args) in enumerate(networks.values()):
-        _write_trellis_network(base, stem, name, args, seed + offset)
+    for offset, (role, (stem, name)) in enumerate(networks.items()):
+        _write_trellis_network(base, stem, name, sizes[role], seed + offset, occupancy)
     pipeline = {
         "name": "TrellisImageTo3DPipeline",
         "args": {
-            "models": {role: stem for role, (stem, _, _) in TRELLIS_NETWORKS.items()},
+            "models": {role: stem for role, (stem, _) in TRELLIS_NETWORKS.items()},
             "sparse_structure_sampler": RELEASED_SAMPLER,
             "slat_sampler": RELEASED_SAMPLER,
             "slat_normalization": RELEASED_SLAT_NORMALIZATION,
@@ -119,20 +182,21 @@ def write_tiny_package(directory: str | Path, seed: int = SEED) -> Path:
     (base / PIPELINE_JSON).write_text(json.dumps(pipeline, indent=4))
 
     (root / "ckpts").mkdir(parents=True, exist_ok=True)
-    denoiser = _seeded("SparseStructureSceneContextFlowModel", TINY_DENOISER, seed + 100)
+    denoiser = _seeded("SparseStructureSceneContextFlowModel", sizes["denoiser"], seed + 100)
     torch.save(_stored_state(denoiser, True), root / "ckpts" / "iscene_denoiser.pt")
-    conditioner = _seeded("ImageConditioner", TINY_CONDITIONER, seed + 101)
+    del denoiser
+    conditioner = _seeded("ImageConditioner", sizes["image_conditioner"], seed + 101)
     torch.save(_stored_state(conditioner, False), root / "ckpts" / "iscene_image_conditioner.pt")
     config = {
         "models": {
-            "denoiser": {"name": "SparseStructureSceneContextFlowModel", "args": TINY_DENOISER},
-            "img_conditioner": {"name": "ImageConditioner", "args": TINY_CONDITIONER},
+            "denoiser": {"name": "SparseStructureSceneContextFlowModel", "args": sizes["denoiser"]},
+            "img_conditioner": {"name": "ImageConditioner", "args": sizes["image_conditioner"]},
         },
-        "dataset": {"args": {"exp_setting": TINY_DENOISER["exp_setting"]}},
+        "dataset": {"args": {"exp_setting": sizes["denoiser"]["exp_setting"]}},
     }
     (root / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / ISCENE_CONFIG_JSON).write_text(json.dumps({
-        "model_name": "IScene-tiny",
+        "model_name": "IScene-random-release-size" if release_sizes else "IScene-tiny",
         "base_model_id": BASE_DIR,
         "config_file": "config.yml",
         "denoiser_checkpoint": "ckpts/iscene_denoiser.pt",
