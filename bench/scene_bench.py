@@ -76,7 +76,7 @@ def run_reference(pipeline, scene, request, out: Path) -> dict:
     times, clock = {}, time.perf_counter()
     models, device = pipeline.models, pipeline.device
     slots = build_slots(scene, pipeline.package.exp_setting)
-    scene_cond, instance_cond = pipeline._conditions(slots)
+    scene_cond, instance_cond = pipeline.conditions(slots)
     count = len(slots.label_ids)
     settings = pipeline.package.sampler("sparse_structure_sampler", steps=request.steps)
     denoiser = models.get("denoiser")

@@ -2,17 +2,34 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
+from iscene_server.engine.packages.tiny import write_tiny_package
 from PIL import Image
 from safetensors.numpy import load_file
 
-from iscene_server.engine.packages.tiny import write_tiny_package
-
 FIXTURES = Path(__file__).parent / "fixtures"
 PARITY = FIXTURES / "parity"
+EXAMPLES = Path(__file__).parents[1] / "examples"
+FAST = {"steps": 2, "slat_steps": 2, "detail": "low"}  # server job params that keep the tiny model quick
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def small_scene() -> tuple[bytes, bytes]:
+    """The example render at 320x240 with two of its objects (ids 1: table, 4: plant), as PNG bytes."""
+    image = Image.open(EXAMPLES / "living_room.png").convert("RGB").resize((320, 240))
+    ids = np.array(Image.open(EXAMPLES / "living_room_labels.png").resize((320, 240), Image.NEAREST))
+    ids[(ids != 1) & (ids != 4)] = 0
+    return png(np.asarray(image)), png(ids)
 
 
 @pytest.fixture(scope="session")

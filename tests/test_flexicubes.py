@@ -7,16 +7,18 @@ import weakref
 
 import pytest
 import torch
+from conftest import PARITY
+from iscene_server.geometry.flexicubes import ExtractedMesh, extract, extract_mesh
+from iscene_server.geometry.flexicubes.tables import (
+    CHECK_TABLE,
+    CORNER_OFFSETS,
+    DMC_TABLE,
+    EDGE_CORNERS,
+    NUM_VD_TABLE,
+)
 from safetensors.torch import load_file
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
-
-from conftest import PARITY
-from iscene_server.geometry.flexicubes import ExtractedMesh, extract_mesh
-from iscene_server.geometry.flexicubes import extract
-from iscene_server.geometry.flexicubes.tables import (
-    CHECK_TABLE, CORNER_OFFSETS, DMC_TABLE, EDGE_CORNERS, NUM_VD_TABLE,
-)
 
 CORNERS = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1)]
 EDGES = [(0, 1), (1, 5), (4, 5), (0, 4), (2, 3), (3, 7), (6, 7), (2, 6), (2, 0), (3, 1), (7, 5), (6, 4)]

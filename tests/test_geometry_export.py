@@ -14,14 +14,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-
 from iscene_server.geometry import export, postprocess
 from iscene_server.geometry.export import (
-    S_TO_GLTF, ExportInstance, GaussianParams, matrix_to_quaternion, quaternion_to_matrix, srgb_to_linear,
-    write_gaussian_ply, write_instance_glb, write_scene_glb,
+    S_TO_GLTF,
+    ExportInstance,
+    GaussianParams,
+    matrix_to_quaternion,
+    quaternion_to_matrix,
+    srgb_to_linear,
+    write_gaussian_ply,
+    write_instance_glb,
+    write_scene_glb,
 )
 from iscene_server.geometry.postprocess import (
-    ColoredMesh, bounds_and_origin, decimate, remove_floaters, vertex_components,
+    ColoredMesh,
+    bounds_and_origin,
+    decimate,
+    remove_floaters,
+    vertex_components,
 )
 
 MODELS = {"iscene": "LuLing/IScene", "trellis": "microsoft/TRELLIS-image-large"}
@@ -233,6 +243,17 @@ def test_instance_glb_reloads_with_trimesh(tmp_path, small_meshes):
     assert geometry.visual.vertex_attributes["color"].shape[0] == mesh.vertex_count
     assert geometry.metadata["label"] == 5 and geometry.metadata["seed"] == 42
     assert geometry.metadata["models"] == MODELS
+
+
+def test_instance_glb_reads_back_into_the_scene_frame(tmp_path, small_meshes):
+    from iscene_server.geometry.export import read_instance_mesh
+
+    mesh = small_meshes[12]
+    path = write_instance_glb(tmp_path / "m.glb", mesh, label=12, seed=1, model_ids=MODELS)
+    back = read_instance_mesh(path.read_bytes())
+    np.testing.assert_allclose(back.vertices, mesh.vertices, atol=1e-6)
+    np.testing.assert_array_equal(back.faces, mesh.faces)
+    np.testing.assert_allclose(back.colors, mesh.colors, atol=1e-5)
 
 
 def test_glb_bytes_are_deterministic_per_instance(tmp_path, small_meshes):

@@ -9,18 +9,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from conftest import FIXTURES
-
-from iscene_server.cli import PACKAGE_ROLES as ROLES
 from iscene_server.engine.packages import checkpoints
+from iscene_server.engine.packages.layouts import PACKAGE_ROLES as ROLES
 from iscene_server.engine.packages.layouts import IScenePackage, TrellisPackage
 from iscene_server.engine.packages.loader import ModelSet, build_from_spec
 from iscene_server.engine.packages.source import PackageSource
 from iscene_server.engine.packages.tiny import RELEASE_SIZES
 from iscene_server.errors import ModelPackageError
-
+from safetensors.torch import load_file, save_file
 
 
 @pytest.fixture

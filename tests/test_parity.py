@@ -8,10 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-from safetensors.torch import load_file, save_file
-
 from conftest import PARITY
+from safetensors.torch import load_file, save_file
 
 STAGE1_CASES = {"dinov2", "imgcond9", "ss_flow", "ss_flow_p2", "ss_sc_flow", "ss_sc_flow_global", "ss_decoder",
                 "ss_encoder", "sampler", "sampler_sc", "sampler_sc_global", "preprocess"}

@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-
 from iscene_server.engine.pipeline import ScenePipeline, Stage1Request
 from iscene_server.engine.preprocess import load_scene
 from iscene_server.engine.stage2 import Stage2

@@ -8,9 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from safetensors.numpy import load_file
-
 from iscene_server.engine.preprocess import (
     SLOT_SIZE,
     build_slots,
@@ -26,6 +23,8 @@ from iscene_server.engine.preprocess import (
     to_rgb,
 )
 from iscene_server.errors import InputError
+from PIL import Image
+from safetensors.numpy import load_file
 
 PARITY = Path(__file__).parent / "fixtures" / "parity" / "preprocess.safetensors"
 

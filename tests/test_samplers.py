@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from iscene_server.engine.samplers import FlowEulerSampler, Guidance, SamplerSettings, renoise, time_schedule
 from iscene_server.errors import Cancelled
 

@@ -5,11 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
 from iscene_server.nn import attention as dense_attention
 from iscene_server.nn.slat_mesh_decoder import SparseSiLU
-from iscene_server.nn.sparse import (Segments, SparseConv3d, SparseDownsample, SparseGroupNorm32, SparseSubdivide,
-                                     SparseTensor, SparseUpsample, segmented_attention, segmented_cross_attention)
+from iscene_server.nn.sparse import (
+    Segments,
+    SparseConv3d,
+    SparseDownsample,
+    SparseGroupNorm32,
+    SparseSubdivide,
+    SparseTensor,
+    SparseUpsample,
+    segmented_attention,
+    segmented_cross_attention,
+)
 from iscene_server.nn.sparse import conv as conv_module
 from iscene_server.nn.sparse_transformer import window_segments
 

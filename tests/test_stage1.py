@@ -10,7 +10,6 @@ import threading
 import numpy as np
 import pytest
 import torch
-
 from iscene_server.engine.pipeline import STAGE1_PLAN, ScenePipeline, Stage1Request
 from iscene_server.engine.preprocess import load_scene
 from iscene_server.engine.progress import ProgressTracker
@@ -69,7 +68,7 @@ def test_same_seed_same_result(pipeline, scene, baseline):
 
 def test_shared_scene_slot_equals_the_per_instance_reference(pipeline, scene, baseline):
     """The reference denoises [scene-space instance, scene] for every instance with a repeated noise draw."""
-    scene_cond, instance_cond = pipeline._conditions(baseline.slots)
+    scene_cond, instance_cond = pipeline.conditions(baseline.slots)
     denoiser = pipeline.models.get("denoiser")
     count = len(baseline.slots.label_ids)
     noise = slot_noise(42, 2, 8, 16)[None].repeat(count, 1, 1, 1, 1, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import sys
 import time
@@ -12,9 +13,6 @@ from . import __version__
 from .errors import ISceneError
 
 DEFAULT_MODEL = "LuLing/IScene"
-# Every network the server uses (the encoder is for refine); the TRELLIS base's own ss_flow is never needed.
-PACKAGE_ROLES = ("denoiser", "image_conditioner", "sparse_structure_decoder", "sparse_structure_encoder",
-                 "slat_flow_model", "slat_decoder_mesh", "slat_decoder_gs")
 
 
 class ProgressBar:
@@ -103,7 +101,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if args.stage == 1:
             manifest = writer.write_stage1(pipeline.stage1(scene, request, ProgressTracker(STAGE1_PLAN, bar)))
         else:
-            manifest = writer.write_scene(pipeline.generate(scene, request, ProgressTracker(GENERATE_PLAN, bar)))
+            result = pipeline.generate(scene, request, ProgressTracker(GENERATE_PLAN, bar))
+            manifest = writer.write_scene(result, keep_scene_slot=regenerating)
     finally:
         bar.close()
     print(Path(args.out) / "scene.json")
@@ -122,6 +121,38 @@ def _read_input(path: str, what: str) -> bytes:
     except OSError as exc:
         raise ISceneError(f"the {what} file '{path}' could not be read ({exc.strerror or exc})",
                           f"check the {what}'s file", code="bad_input") from None
+
+
+def default_data_dir() -> Path:
+    root = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(root) / "iscene"
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
+
+    import uvicorn
+
+    from .api.app import create_app
+    from .api.security import is_loopback
+    from .jobs.service import JobService, ServiceSettings
+
+    token = args.token or os.environ.get("ISCENE_TOKEN") or None
+    if not is_loopback(args.host) and not token:
+        raise ISceneError(f"refusing to listen on {args.host} without an access token",
+                          "pass --token (or set ISCENE_TOKEN), or keep the default --host 127.0.0.1",
+                          code="bad_input")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = ServiceSettings(model=args.model, data_dir=Path(args.data_dir), device=args.device, dtype=args.dtype,
+                               max_queue=args.max_queue, job_timeout_s=args.job_timeout,
+                               max_age_days=args.keep_days or None, max_store_gb=args.keep_gb or None)
+    service = JobService(settings)
+    app = create_app(service, token=token, max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
+                     max_pixels=args.max_pixels)
+    print(f"I-Scene server: http://{args.host}:{args.port}/v1/health  (API docs: /docs; jobs in {args.data_dir})",
+          file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
@@ -144,7 +175,7 @@ def cmd_make_tiny_package(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .engine.packages.layouts import IScenePackage
+    from .engine.packages.layouts import PACKAGE_ROLES, IScenePackage
 
     package = IScenePackage.open(args.model)
     for role in PACKAGE_ROLES:
@@ -185,6 +216,22 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (pixels)")
     _add_runtime_options(gen)
     gen.set_defaults(func=cmd_generate)
+
+    srv = sub.add_parser("serve", help="run the HTTP job server (loads the model, then serves /v1)")
+    srv.add_argument("--model", default=DEFAULT_MODEL,
+                     help=f"I-Scene package: Hugging Face repo id or local folder (default {DEFAULT_MODEL})")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback only)")
+    srv.add_argument("--port", type=int, default=8712)
+    srv.add_argument("--token", help="access token clients must send (required off loopback; or ISCENE_TOKEN)")
+    srv.add_argument("--data-dir", default=str(default_data_dir()), help="where job folders live")
+    srv.add_argument("--max-upload-mb", type=float, default=64, help="largest request body")
+    srv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (pixels)")
+    srv.add_argument("--max-queue", type=int, default=32, help="jobs that may wait at once")
+    srv.add_argument("--job-timeout", type=float, default=3600, help="seconds after which a running job fails")
+    srv.add_argument("--keep-days", type=float, default=14, help="delete finished jobs after this (0 = never)")
+    srv.add_argument("--keep-gb", type=float, default=50, help="delete oldest finished jobs above this (0 = never)")
+    _add_runtime_options(srv)
+    srv.set_defaults(func=cmd_serve)
 
     par = sub.add_parser("parity", help="check our networks against reference golden vectors")
     par.add_argument("files", nargs="+", type=Path, help="vector files (X.safetensors with an X.json sidecar)")

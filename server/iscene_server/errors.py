@@ -46,3 +46,33 @@ class Cancelled(ISceneError):
 
     def __init__(self, message: str = "cancelled by the user", hint: str = ""):
         super().__init__(message, hint)
+
+
+class NotFoundError(ISceneError):
+    """An unknown job, file or endpoint."""
+
+    code = "not_found"
+
+
+class StateError(ISceneError):
+    """The job is not in a state that allows the request (e.g. the scene of an unfinished job)."""
+
+    code = "wrong_state"
+
+
+class AuthError(ISceneError):
+    """A missing or wrong access token."""
+
+    code = "unauthorized"
+
+
+class TooLargeError(ISceneError):
+    """An upload over the size limit."""
+
+    code = "too_large"
+
+
+class UnavailableError(ISceneError):
+    """The server cannot take the request now (model failed to load, queue full)."""
+
+    code = "unavailable"

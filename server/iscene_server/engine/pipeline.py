@@ -14,6 +14,7 @@ import torch
 from ..errors import InputError
 from ..geometry.export import GaussianParams
 from ..geometry.postprocess import ColoredMesh, postprocess
+from .camera.solve import CameraFit, solve_camera
 from .conditioning import encode_images
 from .packages.layouts import IScenePackage
 from .packages.loader import ModelSet, resolve_device, resolve_dtype
@@ -85,6 +86,7 @@ class SceneResult:
     settings: dict
     timings: dict[str, float]
     mesh_frame: MeshFrame
+    camera: CameraFit | None = None  # None: keep the parent scene's camera
 
 
 @dataclass
@@ -111,7 +113,7 @@ class ScenePipeline:
     def device(self) -> torch.device:
         return self.models.device
 
-    def _conditions(self, slots: SceneSlots) -> tuple[torch.Tensor, torch.Tensor]:
+    def conditions(self, slots: SceneSlots) -> tuple[torch.Tensor, torch.Tensor]:
         """Scene-slot tokens ``[T, C]`` (encoded once) and each instance's own-slot tokens ``[K, N-1, T, C]``."""
         conditioner = self.models.get("image_conditioner")
         names = slots.slot_names()
@@ -135,12 +137,12 @@ class ScenePipeline:
         timer.lap("preprocess")
 
         progress.begin("condition")
-        scene_cond, instance_cond = self._conditions(slots)
+        scene_cond, instance_cond = self.conditions(slots)
         timer.lap("condition")
 
         settings = self.package.sampler("sparse_structure_sampler", steps=request.steps,
                                         cfg_strength=request.cfg_strength)
-        _check_steps(settings.steps, "stage-1")
+        check_steps(settings.steps, "stage-1")
         stage1 = Stage1(self.models.get("denoiser"), self.models.get("sparse_structure_decoder"), settings,
                         self.device)
         seeds = [request.seed_for(label) for label in slots.label_ids]
@@ -151,7 +153,7 @@ class ScenePipeline:
         progress.begin("decode")
         structure = stage1.assemble(slots.label_ids, seeds, request.seed, scene_latent, latents)
         timer.lap("decode")
-        return Stage1Result(slots, structure, _describe(settings), timer.timings, instance_cond)
+        return Stage1Result(slots, structure, describe_settings(settings), timer.timings, instance_cond)
 
     def generate(self, scene: SceneInput, request: GenerationRequest = GenerationRequest(),
                  progress: ProgressTracker | None = None) -> SceneResult:
@@ -159,15 +161,28 @@ class ScenePipeline:
         progress = progress or ProgressTracker(GENERATE_PLAN)
         timer = Timer()
         first = self._stage1(scene, request, progress, timer)
+        camera = None
+        if request.scene_box is None:  # a new frame: fit its camera (regenerations keep their parent's)
+            voxels = {i.label: i.coords for i in first.structure.instances}
+            camera = solve_camera(voxels, scene.ids, first.slots.scene_box)
+            timer.lap("camera")
+        results, settings, frame = self.finish_instances(first.structure.instances, first.instance_cond[:, 0],
+                                                         request, progress, timer)
+        progress.finish()
+        return SceneResult(first.slots, request.seed, first.structure.scene_latent, results,
+                           {"stage1": first.settings, "stage2": settings}, timer.timings, frame, camera)
+
+    def finish_instances(self, instances: list[InstanceStructure], cond: torch.Tensor, request: GenerationRequest,
+                         progress: ProgressTracker, timer: "Timer") -> tuple[list[InstanceResult], dict, MeshFrame]:
+        """Stage 2 and decoding for instances whose occupancy is known; ``cond [K, T, C]`` are their
+        scene-space instance slot tokens. Returns the results, the stage-2 settings and the mesh frame."""
         settings = self.package.sampler("slat_sampler", steps=request.slat_steps,
                                         cfg_strength=request.slat_cfg_strength)
-        _check_steps(settings.steps, "stage-2")
+        check_steps(settings.steps, "stage-2")
         stage2 = Stage2(self.models.get("slat_flow_model"), self.models.get("slat_decoder_mesh"), settings,
                         self.package.base.args["slat_normalization"], self.device,
                         self.models.get("slat_decoder_gs") if "gaussian" in request.formats else None,
                         request.mesh_grid)
-        instances = first.structure.instances
-        cond = first.instance_cond[:, 0]  # the scene-space instance slot's tokens
         progress.begin("stage2", settings.steps * _batches(len(instances)))
         latents = []
         for start in range(0, len(instances), STAGE2_BATCH):
@@ -184,9 +199,7 @@ class ScenePipeline:
             batch = latents[index // STAGE2_BATCH]
             results.append(self._decode(stage2, batch, index % STAGE2_BATCH, inst, request, timer))
             progress.step(index + 1)
-        progress.finish()
-        return SceneResult(first.slots, request.seed, first.structure.scene_latent, results,
-                           {"stage1": first.settings, "stage2": _describe(settings)}, timer.timings, stage2.frame)
+        return results, describe_settings(settings), stage2.frame
 
     def _decode(self, stage2: Stage2, latents, index: int, inst: InstanceStructure, request: GenerationRequest,
                 timer: "Timer") -> InstanceResult:
@@ -227,12 +240,12 @@ def _batches(count: int) -> int:
     return max(1, -(-count // STAGE2_BATCH))
 
 
-def _check_steps(steps: int, stage: str) -> None:
+def check_steps(steps: int, stage: str) -> None:
     if steps < 1:
         raise InputError(f"{stage} steps must be at least 1 (got {steps})", "use 25 for full quality")
 
 
-def _describe(settings) -> dict:
+def describe_settings(settings) -> dict:
     return {"steps": settings.steps, "cfg_strength": settings.cfg_strength,
             "cfg_interval": list(settings.cfg_interval), "rescale_t": settings.rescale_t,
             "sigma_min": settings.sigma_min}

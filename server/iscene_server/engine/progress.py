@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from ..errors import Cancelled
+from ..errors import Cancelled, ISceneError
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,8 @@ class ProgressTracker:
     """Weighted stages (``plan``: stage -> relative cost); each stage counts its own steps."""
 
     def __init__(self, plan: Mapping[str, float], listener: Listener | None = None,
-                 cancel: threading.Event | None = None, clock: Callable[[], float] = time.monotonic):
+                 cancel: threading.Event | None = None, clock: Callable[[], float] = time.monotonic,
+                 time_limit_s: float | None = None):
         total = sum(plan.values()) or 1.0
         self.weights = {name: w / total for name, w in plan.items()}
         self.listener = listener
@@ -43,10 +44,15 @@ class ProgressTracker:
         self.stage: str | None = None
         self.total = 1
         self.stage_started = self.started
+        self.time_limit_s = time_limit_s
 
     def check_cancelled(self) -> None:
+        """Raise :class:`Cancelled` if asked to stop, or a ``timeout`` error past the time limit."""
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled()
+        if self.time_limit_s is not None and self.clock() - self.started > self.time_limit_s:
+            raise ISceneError(f"the job ran longer than the server's limit of {self.time_limit_s:.0f} s",
+                              "use fewer sampling steps or objects, or raise --job-timeout", code="timeout")
 
     def begin(self, stage: str, total: int = 1) -> None:
         """Start ``stage`` (finishing the previous one), which will report ``total`` steps."""

@@ -72,12 +72,14 @@ class SceneWriter:
         return sorted(kept + new, key=lambda e: e["label"])
 
     def _write_structure(self, scene_latent, instances: list[InstanceStructure]) -> None:
+        """``scene_latent=None`` keeps the scene slot already on disk (a regeneration keeps its parent's)."""
         arrays: dict[str, np.ndarray] = {}
         previous = self.folder / STRUCTURE_NPZ
         if self.parent is not None and previous.is_file():
             with np.load(previous) as old:
                 arrays.update({k: old[k] for k in old.files})
-        arrays["scene_latent"] = scene_latent.numpy()
+        if scene_latent is not None or "scene_latent" not in arrays:
+            arrays["scene_latent"] = scene_latent.numpy()
         for inst in instances:
             arrays[f"coords_{inst.label}"] = inst.coords
             arrays[f"latent_{inst.label}"] = inst.latent.numpy()
@@ -100,7 +102,8 @@ class SceneWriter:
                       "voxel_centre": "(index + 0.5) / grid - 0.5 per axis; scene frame [-0.5, 0.5]^3, z up"},
             "scene_seed": scene_seed, "sampler": settings, **extra,
             "instances": self._entries(entries),
-            "camera": None,
+            "camera": (self.parent or {}).get("camera"),
+            "camera_fit": (self.parent or {}).get("camera_fit"),
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
         }
 
@@ -113,12 +116,19 @@ class SceneWriter:
         return self._write_manifest(self._manifest(result.slots, structure.scene_seed, entries,
                                                    {"stage1": result.settings}, result.timings, {"stages": 1}))
 
-    def write_scene(self, result: SceneResult) -> dict:
+    def write_scene(self, result: SceneResult, keep_scene_slot: bool = False, notes: dict | None = None) -> dict:
+        """``keep_scene_slot``: a regeneration records its parent's scene latent, not its own recomputation;
+        ``notes`` are added to the manifest (e.g. what a refine did)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._write_structure(result.scene_latent, [i.structure for i in result.instances])
+        self._write_structure(None if keep_scene_slot else result.scene_latent,
+                              [i.structure for i in result.instances])
         entries = [self._write_instance(inst) for inst in result.instances]
         manifest = self._manifest(result.slots, result.scene_seed, entries, result.settings, result.timings,
                                   {"stages": 2, "mesh_frame": result.mesh_frame.describe()})
+        if result.camera is not None:
+            fit = result.camera.to_dict()
+            manifest.update(camera=fit["camera"], camera_fit=fit["fit"])
+        manifest.update(notes or {})
         meshes = [self.folder / e["file"] for e in manifest["instances"] if e.get("file")]
         if meshes:
             write_scene_glb(self.folder / SCENE_GLB, meshes)

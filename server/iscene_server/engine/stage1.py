@@ -21,7 +21,7 @@ import torch
 
 from ..nn.ss_decoder import occupied_coords
 from ..nn.ss_sc_flow import SCENE_SLOT, SlotLayout
-from .samplers import FlowEulerSampler, SamplerSettings, StepCallback
+from .samplers import FlowEulerSampler, SamplerSettings, StepCallback, renoise
 
 DECODE_BATCH = 4
 GRID = 64
@@ -95,22 +95,28 @@ class Stage1:
         return rows.stack(scene, own)
 
     def sample(self, scene_cond: torch.Tensor, instance_cond: torch.Tensor, scene_seed: int, seeds: list[int],
-               callback: StepCallback | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               callback: StepCallback | None = None, clean: tuple[torch.Tensor, torch.Tensor] | None = None,
+               t_start: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Denoise one scene. ``scene_cond [T, C]``, ``instance_cond [K, N-1, T, C]`` (own slots in order).
 
-        Returns the final scene-slot latent ``[C, r, r, r]`` and slot-0 latents ``[K, C, r, r, r]``.
+        ``clean`` (refine): latents ``(scene [C, r, r, r], own [K, N-1, C, r, r, r])`` to start from, re-noised
+        to ``t_start`` with the seeds' noise. Returns the final scene-slot latent ``[C, r, r, r]`` and slot-0
+        latents ``[K, C, r, r, r]``.
         """
         rows = SharedSceneRows(len(seeds), self.denoiser.num_slots)
         layout = rows.layout.to(self.device)
         cond = rows.stack(scene_cond, instance_cond).to(self.device)
-        noise = self.initial_noise(rows, scene_seed, seeds).to(self.device)
+        noise = self.initial_noise(rows, scene_seed, seeds)
+        if clean is not None:
+            noise = renoise(rows.stack(*clean), noise, t_start, self.settings.sigma_min)
+        noise = noise.to(self.device)
 
         def model(x, t, c):
             return self.denoiser.forward_rows(x, t, c, layout)
 
         result = self.sampler.sample(model, noise, cond, torch.zeros_like(cond), steps=self.settings.steps,
                                      rescale_t=self.settings.rescale_t, guidance=self.settings.guidance,
-                                     callback=callback)
+                                     t_start=t_start, callback=callback)
         latents = result.samples.float().cpu()
         return latents[0], rows.instance_rows(latents)
 

@@ -229,6 +229,31 @@ def merge_glb(parts: Sequence[bytes]) -> bytes:
     return builder.to_bytes()
 
 
+def _accessor(gltf: dict[str, Any], binary: bytes, index: int) -> np.ndarray:
+    accessor = gltf["accessors"][index]
+    view = gltf["bufferViews"][accessor["bufferView"]]
+    dtype = {_FLOAT: "<f4", _UINT32: "<u4"}[accessor["componentType"]]
+    width = {"SCALAR": 1, "VEC3": 3}[accessor["type"]]
+    start = view.get("byteOffset", 0) + accessor.get("byteOffset", 0)
+    data = np.frombuffer(binary, dtype=dtype, count=accessor["count"] * width, offset=start)
+    return data.reshape(-1, width) if width > 1 else data
+
+
+def linear_to_srgb(colors: np.ndarray) -> np.ndarray:
+    c = np.clip(np.asarray(colors, dtype=np.float64), 0.0, 1.0)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055)
+
+
+def read_instance_mesh(data: bytes) -> ColoredMesh:
+    """The (first) mesh of a GLB written by this module, back in the scene frame S with sRGB colours."""
+    gltf, binary = read_glb(data)
+    primitive = gltf["meshes"][0]["primitives"][0]
+    vertices = _accessor(gltf, binary, primitive["attributes"]["POSITION"]) @ S_TO_GLTF  # inverse of S_TO_GLTF.T
+    colors = linear_to_srgb(_accessor(gltf, binary, primitive["attributes"]["COLOR_0"]))
+    faces = _accessor(gltf, binary, primitive["indices"]).reshape(-1, 3).astype(np.int64)
+    return ColoredMesh(vertices, faces, colors)
+
+
 def _material_index(gltf: dict[str, Any], material: dict[str, Any]) -> int:
     """Index of an identical material already in ``gltf``, appending it if there is none."""
     if material not in gltf["materials"]:

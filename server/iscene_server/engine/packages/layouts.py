@@ -25,6 +25,9 @@ ISCENE_CONFIG_JSON = "iscene_config.json"
 ISCENE_REQUIRED_KEYS = ("base_model_id", "config_file", "denoiser_checkpoint", "image_conditioner_checkpoint")
 # Ships in TRELLIS-image-large but pipeline.json does not name it (generation never encodes); refine does.
 SS_ENCODER_STEM = "ckpts/ss_enc_conv3d_16l8_fp16"
+# Every network the server uses (the encoder is for refine); the TRELLIS base's own ss_flow is never needed.
+PACKAGE_ROLES = ("denoiser", "image_conditioner", "sparse_structure_decoder", "sparse_structure_encoder",
+                 "slat_flow_model", "slat_decoder_mesh", "slat_decoder_gs")
 # The I-Scene inferencer overrides the base sampler params with these for both stages.
 ISCENE_SAMPLER_OVERRIDES = {"steps": 25, "cfg_strength": 3.0}
 

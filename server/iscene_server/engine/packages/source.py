@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ...errors import ModelPackageError
 
+
 class MissingPackageFile(ModelPackageError):
     """The package (local or on the hub) exists but lacks this file."""
 
@@ -72,8 +73,12 @@ class PackageSource:
 
     def _download(self, relpath: str) -> Path:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import (EntryNotFoundError, LocalEntryNotFoundError,
-                                            RepositoryNotFoundError, RevisionNotFoundError)
+        from huggingface_hub.errors import (
+            EntryNotFoundError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+            RevisionNotFoundError,
+        )
         # LocalEntryNotFoundError subclasses EntryNotFoundError: it must be caught first.
         try:
             return Path(hf_hub_download(self.repo_id, relpath, revision=self.revision))

@@ -1,0 +1,237 @@
+"""The job service: loads the model in the background, runs jobs one at a time on one worker thread (the GPU
+is never shared), and answers status questions from the HTTP threads without ever waiting on the GPU."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from ..engine.packages.layouts import PACKAGE_ROLES
+from ..engine.pipeline import GENERATE_PLAN, ScenePipeline
+from ..engine.progress import ProgressTracker, ProgressUpdate
+from ..errors import Cancelled, ISceneError, StateError, UnavailableError
+from .runner import run_generate, run_refine, run_regenerate
+from .store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
+
+log = logging.getLogger("iscene.jobs")
+
+@dataclass
+class ServiceSettings:
+    model: str
+    data_dir: Path
+    device: str = "auto"
+    dtype: str = "auto"
+    max_queue: int = 32
+    job_timeout_s: float = 3600.0
+    max_age_days: float | None = 14.0
+    max_store_gb: float | None = 50.0
+
+
+@dataclass
+class ModelStatus:
+    state: str = "loading"  # loading | ready | error
+    message: str = "starting"
+    error: dict | None = None
+    pipeline: ScenePipeline | None = field(default=None, repr=False)
+
+
+class JobService:
+    def __init__(self, settings: ServiceSettings):
+        self.settings = settings
+        self.store = JobStore(settings.data_dir)
+        self.model = ModelStatus()
+        self._queue: deque[str] = deque()
+        self._wake = threading.Condition()
+        self._cancel: dict[str, threading.Event] = {}
+        self._live: dict[str, ProgressUpdate] = {}
+        self._running: str | None = None
+        self._stopping = False
+        self._threads: list[threading.Thread] = []
+        self._model_ready = threading.Event()
+
+    # --- life cycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        for record in self.store.recover():
+            self._enqueue(record.id)
+        self._prune()
+        for target, name in ((self._load_model, "iscene-model-loader"), (self._work, "iscene-worker")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
+        for event in list(self._cancel.values()):
+            event.set()
+        self._model_ready.set()
+        with self._wake:
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout)
+
+    def _load_model(self) -> None:
+        try:
+            self.model.message = f"opening model package {self.settings.model}"
+            pipeline = ScenePipeline.from_pretrained(self.settings.model, self.settings.device, self.settings.dtype)
+            for index, role in enumerate(PACKAGE_ROLES, 1):
+                self.model.message = f"loading {role} ({index}/{len(PACKAGE_ROLES)})"
+                pipeline.models.get(role)
+            self.model.pipeline, self.model.state, self.model.message = pipeline, "ready", "ready"
+        except ISceneError as exc:
+            self.model.state, self.model.message, self.model.error = "error", exc.message, exc.to_dict()
+        except Exception as exc:  # a broken install must still leave a server that explains itself
+            log.exception("loading the model failed")
+            self.model.state, self.model.message = "error", f"{type(exc).__name__}: {exc}"
+            self.model.error = {"code": "model_load_failed", "message": self.model.message,
+                                "hint": "see the server log; check --model, --device and the installation"}
+        finally:
+            self._model_ready.set()
+
+    # --- requests from the API -----------------------------------------------------------------------
+    def health(self) -> dict:
+        pipeline = self.model.pipeline
+        info = {"service": "iscene", "api": "v1", "version": __version__, "state": self.model.state,
+                "message": self.model.message, "error": self.model.error, "model": self.settings.model,
+                "models": pipeline.package.model_ids() if pipeline else None,
+                "device": str(pipeline.device) if pipeline else self.settings.device,
+                "dtype": str(pipeline.models.dtype).removeprefix("torch.") if pipeline else self.settings.dtype,
+                "queue_length": len(self._queue), "running": self._running}
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            info["vram"] = {"free_mb": free // 2 ** 20, "total_mb": total // 2 ** 20,
+                            "name": torch.cuda.get_device_name()}
+        else:
+            info["vram"] = None
+        return info
+
+    def submit(self, kind: str, params: dict, inputs: dict[str, bytes], parent: str | None = None) -> JobRecord:
+        if self.model.state == "error":
+            raise UnavailableError(f"the model could not be loaded: {self.model.message}",
+                                   (self.model.error or {}).get("hint", "restart the server with a working --model"))
+        if len(self._queue) >= self.settings.max_queue:
+            raise UnavailableError(f"the queue is full ({len(self._queue)} jobs waiting)",
+                                   "wait for queued jobs to finish, or cancel some")
+        record = self.store.create(kind, params, inputs, parent)
+        self._enqueue(record.id)
+        return record
+
+    def _enqueue(self, job_id: str) -> None:
+        with self._wake:
+            self._cancel[job_id] = threading.Event()
+            self._queue.append(job_id)
+            self._wake.notify_all()
+
+    def status(self, job_id: str) -> dict:
+        record = self.store.get(job_id)
+        out = {"job_id": record.id, "kind": record.kind, "state": record.state, "parent": record.parent,
+               "created": record.created, "started": record.started, "finished": record.finished,
+               "error": record.error, "params": record.params, "stage": None, "step": None, "total": None,
+               "progress": 1.0 if record.state == SUCCEEDED else 0.0, "eta_s": None, "queue_position": None}
+        live = self._live.get(job_id)
+        if record.state == RUNNING and live is not None:
+            out.update(stage=live.stage, step=live.step, total=live.total, progress=round(live.fraction, 4),
+                       eta_s=None if live.eta_s is None else round(live.eta_s, 1))
+        if record.state == QUEUED:
+            with self._wake:
+                queue = list(self._queue)
+            out["queue_position"] = queue.index(job_id) + 1 if job_id in queue else None
+        return out
+
+    def cancel(self, job_id: str) -> dict:
+        record = self.store.get(job_id)
+        if record.done:
+            raise StateError(f"job {job_id} has already {record.state}", "only queued or running jobs can be cancelled")
+        with self._wake:
+            if job_id in self._queue:  # never started: cancelled at once
+                self._queue.remove(job_id)
+                self.store.update(job_id, state=CANCELLED, finished=time.time())
+            self._cancel.setdefault(job_id, threading.Event()).set()
+        return self.status(job_id)
+
+    def require_finished(self, job_id: str) -> JobRecord:
+        record = self.store.get(job_id)
+        if record.state != SUCCEEDED:
+            raise StateError(f"job {job_id} is {record.state}, not succeeded",
+                             "poll GET /v1/jobs/{id} until its state is succeeded")
+        return record
+
+    # --- the worker -----------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stopping:
+            with self._wake:
+                while not self._queue and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                job_id = self._queue.popleft()
+            self._model_ready.wait()
+            if not self._stopping:
+                self._run(job_id)
+
+    def _run(self, job_id: str) -> None:
+        cancel = self._cancel.setdefault(job_id, threading.Event())
+        if cancel.is_set():
+            self.store.update(job_id, state=CANCELLED, finished=time.time())
+            return
+        record = self.store.update(job_id, state=RUNNING, started=time.time())
+        self._running = job_id
+        tracker = ProgressTracker(GENERATE_PLAN, lambda update: self._live.__setitem__(job_id, update), cancel,
+                                  time_limit_s=self.settings.job_timeout_s)
+        try:
+            if self.model.pipeline is None:
+                raise UnavailableError(f"the model could not be loaded: {self.model.message}",
+                                       "restart the server with a working --model")
+            self._execute(record, tracker)
+            self.store.update(job_id, state=SUCCEEDED, finished=time.time())
+        except Cancelled:
+            self.store.update(job_id, state=CANCELLED, finished=time.time())
+        except ISceneError as exc:
+            self.store.update(job_id, state=FAILED, finished=time.time(), error=exc.to_dict())
+        except Exception as exc:
+            self.store.update(job_id, state=FAILED, finished=time.time(), error=self._unexpected(exc))
+        finally:
+            self._running = None
+            self._live.pop(job_id, None)
+            self._cancel.pop(job_id, None)
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()  # give the memory of a failed or cancelled job back
+            self._prune()
+
+    def _execute(self, record: JobRecord, tracker: ProgressTracker) -> None:
+        folder = self.store.folder(record.id)
+        inputs = self.store.input_bytes(record.id)
+        pipeline = self.model.pipeline
+        if record.kind == "generate":
+            run_generate(pipeline, folder, record.params, inputs, tracker)
+        elif record.kind == "regenerate":
+            run_regenerate(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker)
+        elif record.kind == "refine":
+            run_refine(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker)
+        else:
+            raise ValueError(f"unknown job kind {record.kind!r}")
+
+    @staticmethod
+    def _unexpected(exc: Exception) -> dict:
+        if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
+            return {"code": "out_of_memory", "message": "the GPU ran out of memory",
+                    "hint": "generate fewer objects at once (select a subset of labels), lower the detail, "
+                            "or free GPU memory used by other programs"}
+        log.exception("job failed")
+        return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}",
+                "hint": "this is a bug or a broken installation; the server log has the details"}
+
+    def _prune(self) -> None:
+        s = self.settings
+        max_age = s.max_age_days * 86400 if s.max_age_days else None
+        max_bytes = int(s.max_store_gb * 2 ** 30) if s.max_store_gb else None
+        for job_id in self.store.prune(max_age, max_bytes):
+            log.info("pruned job %s", job_id)

@@ -1,0 +1,116 @@
+"""A real `iscene-server serve` in a subprocess on a free loopback port, for API and add-on tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerProcess:
+    def __init__(self, model: Path, data_dir: Path, *extra: str, token: str | None = None, port: int | None = None):
+        self.model, self.data_dir, self.extra, self.token = model, data_dir, extra, token
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = data_dir.parent / f"server-{self.port}.log"
+
+    def start(self, wait_ready: bool = True, timeout: float = 120) -> "ServerProcess":
+        args = [sys.executable, "-m", "iscene_server.cli", "serve", "--model", str(self.model), "--data-dir",
+                str(self.data_dir), "--port", str(self.port), "--device", "cpu", *self.extra]
+        if self.token:
+            args += ["--token", self.token]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {self.log.read_text()[-3000:]}")
+            try:
+                health = self.get("/v1/health")
+                if not wait_ready or health["state"] == "ready":
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready: {self.log.read_text()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """Die abruptly, as on a crash or power cut."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    # --- minimal HTTP client (stdlib, like the add-on) -------------------------------------------------
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                token: str | None = None) -> tuple[int, dict, bytes]:
+        headers = dict(headers or {})
+        token = token if token is not None else self.token
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as resp:
+                return resp.status, dict(resp.headers), resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, dict(err.headers), err.read()
+
+    def get(self, path: str) -> dict:
+        status, _, data = self.request("GET", path)
+        if status != 200:
+            raise OSError(f"GET {path} -> {status}: {data[:300]!r}")
+        return json.loads(data)
+
+    def post_json(self, path: str, payload: dict, **kw) -> tuple[int, dict]:
+        status, _, data = self.request("POST", path, json.dumps(payload).encode(),
+                                       {"Content-Type": "application/json"}, **kw)
+        return status, json.loads(data)
+
+    def submit(self, image: bytes, labels: bytes, params: dict | None = None, **kw) -> tuple[int, dict]:
+        body, content_type = multipart({"image": ("image.png", image), "labels": ("labels.png", labels)},
+                                       {"params": json.dumps(params or {})})
+        status, _, data = self.request("POST", "/v1/jobs", body, {"Content-Type": content_type}, **kw)
+        return status, json.loads(data)
+
+    def wait(self, job_id: str, states=("succeeded", "failed", "cancelled"), timeout: float = 300) -> dict:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = self.get(f"/v1/jobs/{job_id}")
+            if status["state"] in states:
+                return status
+            time.sleep(0.2)
+        raise TimeoutError(f"job {job_id} still {status['state']}")
+
+
+def multipart(files: dict[str, tuple[str, bytes]], fields: dict[str, str]) -> tuple[bytes, str]:
+    boundary = "iscene-test-boundary-7d3f"
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for name, (filename, data) in files.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     f'Content-Type: application/octet-stream\r\n\r\n'.encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
