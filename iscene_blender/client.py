@@ -1,0 +1,144 @@
+"""The HTTP client for ``iscene-server`` (``/v1``), stdlib only. It never touches ``bpy``: it runs on worker
+threads. Every failure becomes a :class:`ClientError` whose ``message`` and ``hint`` can be shown as they are."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+import uuid
+from urllib.parse import quote, urlsplit
+
+API = "/v1"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class ClientError(Exception):
+    """``kind``: unreachable | timeout | wrong_service | unauthorized | server (an error the server reported)."""
+
+    def __init__(self, kind: str, message: str, hint: str = "", status: int | None = None, code: str = ""):
+        super().__init__(message)
+        self.kind, self.message, self.hint, self.status, self.code = kind, message, hint, status, code
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def multipart(files: dict[str, tuple[str, bytes]], fields: dict[str, str]) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
+                     + value.encode() + b"\r\n")
+    for name, (filename, data) in files.items():
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; filename="{filename}"\r\n'
+                     f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+class Client:
+    def __init__(self, base_url: str, token: str = "", timeout: float = 10.0, download_timeout: float = 120.0):
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self.download_timeout = download_timeout
+
+    # --- transport --------------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+                 timeout: float | None = None) -> tuple[int, bytes, str]:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        request = urllib.request.Request(self.base_url + path, data=body, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as response:
+                return response.status, response.read(), response.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as err:
+            return err.code, err.read(), err.headers.get("Content-Type", "") if err.headers else ""
+        except (socket.timeout, TimeoutError):
+            raise ClientError("timeout", f"the server at {self.base_url} did not answer in time",
+                              "it may be busy loading the model; raise the timeout in the add-on preferences")
+        except (urllib.error.URLError, ConnectionError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ClientError("unreachable", f"cannot reach the I-Scene server at {self.base_url} ({reason})",
+                              "start it with `iscene-server serve` (or Start Local Server in the preferences) "
+                              "and check the server URL")
+
+    def _json(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
+              require: tuple[str, ...] = ()) -> dict:
+        """The JSON object the server answered, which must hold the ``require`` keys."""
+        status, data, _ = self._request(method, path, body, content_type)
+        try:
+            payload = json.loads(data) if data else {}
+        except ValueError:
+            payload = None
+        if status >= 400:
+            raise self._error(status, payload)
+        if not isinstance(payload, dict) or any(key not in payload for key in require):
+            raise ClientError("wrong_service", f"{self.base_url} answered, but not like an I-Scene server",
+                              "check the server URL and port in the add-on preferences")
+        return payload
+
+    def _error(self, status: int, payload) -> ClientError:
+        error = payload.get("error") if isinstance(payload, dict) else None
+        if not isinstance(error, dict) or "message" not in error:
+            return ClientError("wrong_service", f"{self.base_url} answered HTTP {status} but is not an I-Scene server",
+                               "check the server URL and port in the add-on preferences", status)
+        kind = "unauthorized" if status == 401 else "server"
+        return ClientError(kind, error["message"], error.get("hint", ""), status, error.get("code", ""))
+
+    # --- the API --------------------------------------------------------------------------------------------
+    def health(self) -> dict:
+        health = self._json("GET", f"{API}/health", require=("service", "state"))
+        if health.get("service") != "iscene":
+            raise ClientError("wrong_service", f"{self.base_url} is a different service, not an I-Scene server",
+                              "check the server URL and port in the add-on preferences")
+        return health
+
+    def check_token(self) -> None:
+        self._json("GET", f"{API}/jobs")
+
+    def submit(self, image: bytes, labels: bytes, params: dict) -> dict:
+        body, content_type = multipart({"image": ("image", image), "labels": ("labels", labels)},
+                                       {"params": json.dumps(params)})
+        return self._json("POST", f"{API}/jobs", body, content_type, require=("job_id",))
+
+    def status(self, job_id: str) -> dict:
+        return self._json("GET", f"{API}/jobs/{quote(job_id)}", require=("state",))
+
+    def cancel(self, job_id: str) -> dict:
+        return self._json("DELETE", f"{API}/jobs/{quote(job_id)}")
+
+    def scene(self, job_id: str) -> dict:
+        return self._json("GET", f"{API}/jobs/{quote(job_id)}/scene", require=("instances",))
+
+    def file(self, job_id: str, name: str) -> bytes:
+        status, data, _ = self._request("GET", f"{API}/jobs/{quote(job_id)}/files/{quote(name)}",
+                                        timeout=self.download_timeout)
+        if status >= 400:
+            try:
+                payload = json.loads(data)
+            except ValueError:
+                payload = None
+            raise self._error(status, payload)
+        return data
+
+    def _post_json(self, path: str, payload: dict) -> dict:
+        return self._json("POST", path, json.dumps(payload).encode(), "application/json", require=("job_id",))
+
+    def regenerate(self, job_id: str, labels: list[int], seeds: dict[int, int] | None = None) -> dict:
+        payload = {"labels": labels, **({"seeds": {str(k): v for k, v in seeds.items()}} if seeds else {})}
+        return self._post_json(f"{API}/jobs/{quote(job_id)}/regenerate", payload)
+
+    def refine(self, job_id: str, transforms: dict[int, list], locked: list[int], strength: float) -> dict:
+        payload = {"transforms": {str(k): v for k, v in transforms.items()}, "locked": locked, "strength": strength}
+        return self._post_json(f"{API}/jobs/{quote(job_id)}/refine", payload)

@@ -1,0 +1,189 @@
+"""Jobs as the add-on sees them, and the worker threads that run them. Nothing here touches ``bpy``.
+
+A worker submits the job, polls its status, downloads the result into the job's folder, and posts
+:class:`Event` values to the shared queue; the main-thread pump (:mod:`.pump`) applies them to Blender.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .client import Client, ClientError
+
+ACTIVE = ("submitting", "queued", "running", "downloading", "importing")
+LOST_CONNECTION_S = 15.0  # a job whose server stays unreachable this long is failed, not waited on forever
+
+
+@dataclass
+class Event:
+    kind: str  # update | finished | failed | cancelled | health
+    key: str = ""
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class Job:
+    kind: str  # generate | regenerate | refine
+    title: str
+    scene: str  # the Blender scene to import into
+    folder: Path
+    params: dict = field(default_factory=dict)
+    inputs: dict[str, bytes] = field(default_factory=dict, repr=False)  # generate: image and labels (for Retry)
+    parent: str | None = None  # regenerate / refine: the server job they derive from
+    collection: str | None = None  # regenerate / refine: the collection whose objects they update
+    key: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    server_id: str | None = None
+    state: str = "submitting"
+    stage: str = ""
+    step: int = 0
+    total: int = 0
+    progress: float = 0.0
+    eta_s: float | None = None
+    queue_position: int | None = None
+    message: str = ""
+    hint: str = ""
+    created: float = field(default_factory=time.time)
+    finished: float | None = None
+    cancel: threading.Event = field(default_factory=threading.Event, repr=False)
+
+    @property
+    def active(self) -> bool:
+        return self.state in ACTIVE
+
+
+class Runtime:
+    """Everything the add-on knows at run time: jobs, server health, the event queue (never saved)."""
+
+    def __init__(self):
+        self.jobs: dict[str, Job] = {}
+        self.events: queue.Queue[Event] = queue.Queue()
+        self.health: dict | None = None
+        self.health_error: ClientError | None = None
+        self.health_checked = 0.0
+        self._health_thread: threading.Thread | None = None
+        self.threads: list[threading.Thread] = []
+
+    def start(self, job: Job, client: Client, poll_s: float) -> Job:
+        self.jobs[job.key] = job
+        thread = threading.Thread(target=run_job, args=(job, client, self.events, poll_s), daemon=True,
+                                  name=f"iscene-job-{job.key}")
+        self.threads.append(thread)
+        thread.start()
+        return job
+
+    def check_health(self, client: Client) -> None:
+        """Ask the server for its health and check the token, on a thread (one at a time); the answer arrives as an
+        event."""
+        if self._health_thread is not None and self._health_thread.is_alive():
+            return
+        self.health_checked = time.time()
+
+        def ask():
+            try:
+                health = client.health()
+                client.check_token()  # health is public; the job routes tell whether our token is accepted
+                self.events.put(Event("health", data={"health": health}))
+            except ClientError as err:
+                self.events.put(Event("health", data={"error": err}))
+
+        self._health_thread = threading.Thread(target=ask, daemon=True, name="iscene-health")
+        self._health_thread.start()
+
+    def any_active(self) -> bool:
+        return any(job.active for job in self.jobs.values())
+
+    def stop(self, timeout: float = 2.0) -> None:
+        for job in self.jobs.values():
+            job.cancel.set()
+        for thread in self.threads:
+            thread.join(timeout)
+        self.threads.clear()
+
+
+def _post(events: queue.Queue, kind: str, job: Job, **data) -> None:
+    events.put(Event(kind, job.key, data))
+
+
+def _submit(job: Job, client: Client) -> dict:
+    if job.kind == "generate":
+        return client.submit(job.inputs["image"], job.inputs["labels"], job.params)
+    if job.kind == "regenerate":
+        return client.regenerate(job.parent, job.params["labels"], job.params.get("seeds"))
+    if job.kind == "refine":
+        return client.refine(job.parent, job.params["transforms"], job.params["locked"], job.params["strength"])
+    raise ValueError(f"unknown job kind {job.kind!r}")
+
+
+def _wait(job: Job, client: Client, events: queue.Queue, poll_s: float) -> dict | None:
+    """Poll until the server job ends; None if it did not succeed (the reason has been posted)."""
+    unreachable_since = None
+    while True:
+        if job.cancel.is_set():
+            try:
+                client.cancel(job.server_id)
+            except ClientError:
+                pass  # already finished or unreachable: nothing left to stop
+            _post(events, "cancelled", job)
+            return None
+        try:
+            status = client.status(job.server_id)
+            unreachable_since = None
+        except ClientError as err:
+            if err.kind not in ("unreachable", "timeout"):
+                raise
+            unreachable_since = unreachable_since or time.time()
+            if time.time() - unreachable_since > LOST_CONNECTION_S:
+                raise ClientError("unreachable", f"lost the connection to the server while job {job.server_id} ran",
+                                  "check that the server is still running; its finished jobs stay on its disk")
+            job.cancel.wait(poll_s)
+            continue
+        _post(events, "update", job, state=status["state"], stage=status.get("stage") or "",
+              step=status.get("step") or 0, total=status.get("total") or 0, progress=status.get("progress", 0.0),
+              eta_s=status.get("eta_s"), queue_position=status.get("queue_position"))
+        if status["state"] == "succeeded":
+            return status
+        if status["state"] in ("failed", "cancelled"):
+            error = status.get("error") or {}
+            _post(events, "failed" if status["state"] == "failed" else "cancelled", job,
+                  message=error.get("message", f"the job was {status['state']} on the server"),
+                  hint=error.get("hint", ""))
+            return None
+        job.cancel.wait(poll_s)
+
+
+def files_to_download(job: Job, manifest: dict) -> list[str]:
+    """Generate: every instance; regenerate/refine: only the instances the child job changed."""
+    entries = [e for e in manifest["instances"] if e.get("file")]
+    if job.kind == "regenerate":
+        entries = [e for e in entries if e["label"] in job.params["labels"]]
+    elif job.kind == "refine":
+        changed = set(manifest.get("refine", {}).get("resampled", [])) | set(
+            manifest.get("refine", {}).get("moved_only", []))
+        entries = [e for e in entries if e["label"] in changed]
+    return [e["file"] for e in entries]
+
+
+def run_job(job: Job, client: Client, events: queue.Queue, poll_s: float) -> None:
+    try:
+        created = _submit(job, client)
+        job.server_id = created["job_id"]
+        _post(events, "update", job, server_id=created["job_id"], state=created.get("state", "queued"))
+        if _wait(job, client, events, poll_s) is None:
+            return
+        _post(events, "update", job, state="downloading")
+        manifest = client.scene(job.server_id)
+        job.folder.mkdir(parents=True, exist_ok=True)
+        files = {}
+        for name in files_to_download(job, manifest):
+            files[name] = client.file(job.server_id, name)
+            (job.folder / name).write_bytes(files[name])
+        _post(events, "finished", job, manifest=manifest, files=files)
+    except ClientError as err:
+        _post(events, "failed", job, message=err.message, hint=err.hint)
+    except Exception as err:  # a bug must end the job visibly, not leave it "running" forever
+        _post(events, "failed", job, message=f"{type(err).__name__}: {err}", hint="this is a bug in the add-on")

@@ -1,0 +1,58 @@
+"""Per-scene settings (saved with the .blend) and the per-object lock toggle. The token is never here: it
+lives in the add-on preferences."""
+
+from __future__ import annotations
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty
+
+_LABEL_COUNTS: dict[tuple, int] = {}
+
+
+def label_count(image) -> int:
+    """Distinct non-zero colours of a label-map image (cached per image name, size and pixel checksum)."""
+    if image is None or not image.has_data and not image.size[0]:
+        return 0
+    width, height = image.size
+    if not width or not height:
+        return 0
+    key = (image.name, width, height, image.is_dirty)
+    if key not in _LABEL_COUNTS:
+        pixels = np.empty(width * height * 4, np.float32)
+        image.pixels.foreach_get(pixels)
+        rgb = np.round(pixels.reshape(-1, 4)[:, :3] * 255).astype(np.int64)
+        codes = np.unique(rgb[:, 0] + (rgb[:, 1] << 8) + (rgb[:, 2] << 16))
+        _LABEL_COUNTS[key] = int((codes != 0).sum())
+    return _LABEL_COUNTS[key]
+
+
+class ISceneSettings(bpy.types.PropertyGroup):
+    image: PointerProperty(name="Image", type=bpy.types.Image, description="The reference image")
+    labels: PointerProperty(name="Label Map", type=bpy.types.Image,
+                            description="One flat colour or id per object, background 0 (black)")
+    seed: IntProperty(name="Seed", default=42, min=0, max=2 ** 31 - 1)
+    detail: EnumProperty(name="Detail", default="medium", items=[
+        ("low", "Low", "About 15k faces per object"), ("medium", "Medium", "About 50k faces per object"),
+        ("high", "High", "About 200k faces per object")])
+    steps: IntProperty(name="Steps", default=25, min=1, max=100, description="Sampling steps of each stage")
+    scene_size: FloatProperty(name="Scene Size", default=4.0, min=0.01, soft_max=100.0, unit="LENGTH",
+                              description="Size in the world of the generated scene's cube")
+    strength: FloatProperty(name="Strength", default=0.5, min=0.0, max=1.0,
+                            description="Refine: 0 keeps the moved shapes, 1 re-generates them")
+    refine_selected: BoolProperty(name="Selected Only", default=True,
+                                  description="Refine only the selected objects (the others stay as they are)")
+
+
+def register():
+    bpy.utils.register_class(ISceneSettings)
+    bpy.types.Scene.iscene = PointerProperty(type=ISceneSettings)
+    bpy.types.Object.iscene_locked = BoolProperty(name="Lock", default=False,
+                                                  description="Refine keeps this object exactly as it is")
+
+
+def unregister():
+    del bpy.types.Object.iscene_locked
+    del bpy.types.Scene.iscene
+    bpy.utils.unregister_class(ISceneSettings)
+    _LABEL_COUNTS.clear()

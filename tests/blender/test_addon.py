@@ -1,0 +1,474 @@
+"""The installed extension driving a real ``iscene-server`` (tiny package) from headless Blender.
+
+Operators are called as an artist's clicks would call them; the pump that a timer runs in Blender is called
+directly (timers never fire in the ``bpy`` module), exactly as often as the test needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from server_process import ServerProcess
+
+from .conftest import ADDON_MODULE
+
+STEPS = 2  # sampling steps per stage: the tiny model's scenes come back in seconds
+SLOW_STEPS = 100  # long enough to cancel or kill the server while the job runs
+TOKEN = "blender-test-token"
+
+
+@pytest.fixture(scope="module")
+def server(tiny_package, tmp_path_factory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tiny_package, tmp_path_factory.mktemp("server") / "data").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def scene_pngs(small_scene, tmp_path_factory) -> tuple[Path, Path]:
+    """The two-object example scene as files, named as an artist's files would be."""
+    folder = tmp_path_factory.mktemp("inputs")
+    image, labels = folder / "living_room.png", folder / "living_room_labels.png"
+    image.write_bytes(small_scene[0])
+    labels.write_bytes(small_scene[1])
+    return image, labels
+
+
+@pytest.fixture
+def prefs(bpy, addon, clean_scene, server):
+    """The add-on preferences pointed at the test server, with fresh run-time state."""
+    preferences = bpy.context.preferences.addons[ADDON_MODULE].preferences
+    preferences.server_url, preferences.token, preferences.poll_interval = server.url, "", 0.1
+    runtime = addon.pump.RUNTIME
+    runtime.stop()
+    runtime.jobs.clear()
+    runtime.health, runtime.health_error, runtime.health_checked = None, None, 0.0
+    return preferences
+
+
+@pytest.fixture
+def inputs(bpy, prefs, scene_pngs):
+    """The scene settings: reference image and label map loaded as image datablocks, fast sampling."""
+    settings = bpy.context.scene.iscene
+    settings.image = bpy.data.images.load(str(scene_pngs[0]))
+    settings.labels = bpy.data.images.load(str(scene_pngs[1]))
+    settings.steps, settings.detail, settings.seed, settings.scene_size = STEPS, "low", 7, 4.0
+    return settings
+
+
+def pump_until(addon, done: Callable[[], bool], timeout: float = 180.0) -> None:
+    deadline = time.time() + timeout
+    while not done():
+        addon.pump.pump_once()
+        if time.time() > deadline:
+            jobs = {key: (job.state, job.message) for key, job in addon.pump.RUNTIME.jobs.items()}
+            raise TimeoutError(f"gave up after {timeout} s; jobs: {jobs}")
+        time.sleep(0.05)
+    addon.pump.pump_once()
+
+
+def last_job(addon):
+    return list(addon.pump.RUNTIME.jobs.values())[-1]
+
+
+def run_operator(addon, operator: Callable[[], set]):
+    """Click ``operator``, check it returned at once with the job still in flight, pump until the job ends."""
+    before = set(addon.pump.RUNTIME.jobs)
+    assert operator() == {"FINISHED"}
+    (key,) = set(addon.pump.RUNTIME.jobs) - before
+    job = addon.pump.RUNTIME.jobs[key]
+    assert job.active, "the operator must hand the job to a worker, not wait for it"
+    pump_until(addon, lambda: not job.active)
+    return job
+
+
+def generate(bpy, addon):
+    job = run_operator(addon, bpy.ops.iscene.generate)
+    assert job.state == "succeeded", f"{job.message} ({job.hint})"
+    return job
+
+
+def instances(bpy, addon, job) -> dict:
+    return addon.importer.instance_objects(bpy.data.collections[job.collection])
+
+
+def world_bounds(obj) -> np.ndarray:
+    """[[min xyz], [max xyz]] of the object's evaluated-free mesh vertices in world space."""
+    local = np.empty(len(obj.data.vertices) * 3, np.float32)
+    obj.data.vertices.foreach_get("co", local)
+    local = np.c_[local.reshape(-1, 3), np.ones(len(local) // 3)]
+    world = local @ np.array(obj.matrix_world).T
+    return np.stack([world[:, :3].min(0), world[:, :3].max(0)])
+
+
+def manifest_bounds(entry: dict, root) -> np.ndarray:
+    """The manifest's box of an instance (scene frame) mapped into the world by the job's root."""
+    box = np.array([entry["bbox"]["min"], entry["bbox"]["max"]])
+    world = np.c_[box, np.ones(2)] @ np.array(root.matrix_world).T
+    return world[:, :3]
+
+
+def translation(x: float, y: float, z: float) -> np.ndarray:
+    matrix = np.eye(4)
+    matrix[:3, 3] = x, y, z
+    return matrix
+
+
+def job_folder_file(job, name: str) -> bytes:
+    return (job.folder / name).read_bytes()
+
+
+# --- generate ---------------------------------------------------------------------------------------------
+
+def test_generate_imports_one_posed_object_per_instance(bpy, addon, inputs, server):
+    assert addon.props.label_count(inputs.labels) == 2
+    job = generate(bpy, addon)
+    manifest = server.get(f"/v1/jobs/{job.server_id}/scene")
+    collection = bpy.data.collections[job.collection]
+    assert collection.name == "I-Scene living_room"
+    assert collection["iscene_job"] == job.server_id
+    objects = instances(bpy, addon, job)
+    assert sorted(objects) == [1, 4] == sorted(e["label"] for e in manifest["instances"])
+    root = bpy.data.objects["living_room_scene"]
+    assert root.type == "EMPTY" and np.allclose(np.array(root.matrix_world), np.diag([4.0, 4, 4, 1]))
+    for entry in manifest["instances"]:
+        obj = objects[entry["label"]]
+        assert obj.name == f"living_room_{entry['label']}"
+        assert obj.parent == root and collection in obj.users_collection
+        assert len(obj.data.polygons) == entry["faces"] and len(obj.data.vertices) == entry["vertices"]
+        assert np.allclose(world_bounds(obj), manifest_bounds(entry, root), atol=1e-4)
+        origin = np.array(root.matrix_world) @ np.r_[entry["bbox"]["origin"], 1.0]
+        assert np.allclose(np.array(obj.matrix_world.translation), origin[:3], atol=1e-4), "origin: bottom centre"
+        assert obj["iscene_job"] == job.server_id and obj["iscene_seed"] == entry["seed"]
+        assert json.loads(obj["iscene_model"]) == manifest["models"]
+        assert obj["iscene_mesh_sha256"] == hashlib.sha256(job_folder_file(job, entry["file"])).hexdigest()
+    assert {o.name for o in bpy.context.selected_objects} == {o.name for o in objects.values()}
+    assert bpy.context.view_layer.objects.active.name in {o.name for o in objects.values()}
+
+
+def test_imported_objects_use_a_vertex_colour_material(bpy, addon, inputs):
+    job = generate(bpy, addon)
+    for obj in instances(bpy, addon, job).values():
+        material = obj.active_material
+        assert material.name == addon.importer.MATERIAL
+        (link,) = [link for link in material.node_tree.links if link.to_socket.name == "Base Color"]
+        assert link.from_node.type == "VERTEX_COLOR" and link.to_node.type == "BSDF_PRINCIPLED"
+        colours = obj.data.color_attributes[link.from_node.layer_name]
+        assert colours.domain == "POINT" and len(colours.data) == len(obj.data.vertices)
+        values = np.empty(len(colours.data) * 4, np.float32)
+        colours.data.foreach_get("color", values)
+        assert values.reshape(-1, 4)[:, :3].std() > 0, "the vertex colours came through, not one flat colour"
+
+
+def test_camera_sees_the_scene_as_the_image_with_it_behind(bpy, addon, inputs, server):
+    job = generate(bpy, addon)
+    camera_settings = server.get(f"/v1/jobs/{job.server_id}/scene")["camera"]["blender"]
+    camera = bpy.data.objects["living_room_camera"]
+    scene = bpy.context.scene
+    assert scene.camera == camera and camera.parent == bpy.data.objects["living_room_scene"]
+    assert (scene.render.resolution_x, scene.render.resolution_y) == tuple(camera_settings["resolution"])
+    assert camera.data.type == camera_settings["type"]
+    background = camera.data.background_images[0]
+    assert background.image == inputs.image and camera.data.show_background_images
+    assert np.allclose(camera.matrix_world.to_scale(), (1, 1, 1), atol=1e-5), "the root's scale is not inherited"
+    location = np.array(camera.parent.matrix_world) @ np.r_[camera_settings["location"], 1.0]
+    assert np.allclose(np.array(camera.matrix_world.translation), location[:3], atol=1e-4)
+
+
+def test_undo_removes_the_whole_import_in_one_step(bpy, addon, inputs):
+    bpy.ops.ed.undo_push(message="before generating")
+    generate(bpy, addon)
+    assert "I-Scene living_room" in bpy.data.collections
+    bpy.ops.ed.undo()
+    assert "I-Scene living_room" not in bpy.data.collections
+    assert not [o for o in bpy.data.objects if o.name.startswith("living_room_")]
+    bpy.ops.ed.redo()
+    assert len(bpy.data.collections["I-Scene living_room"].objects) == 4  # root, two objects, camera
+
+
+# --- regenerate and refine --------------------------------------------------------------------------------
+
+def select_only(bpy, *objects) -> None:
+    for obj in bpy.context.view_layer.objects:
+        obj.select_set(obj in objects)
+    bpy.context.view_layer.objects.active = objects[0] if objects else None
+
+
+def test_regenerate_swaps_the_mesh_and_keeps_the_artists_edits(bpy, addon, inputs, server):
+    first = generate(bpy, addon)
+    objects = instances(bpy, addon, first)
+    table, plant = objects[1], objects[4]
+    root = table.parent
+    plant_matrix = plant.matrix_world.copy()
+    edit = translation(0.3, -0.2, 0.0) @ np.array(
+        [[0, -1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])  # a quarter turn and a shove, in the world
+    table.matrix_world = type(table.matrix_world)(edit.tolist()) @ table.matrix_world  # about the world origin
+    scene_edit = np.array(addon.frames.edit_in_scene(root, table))
+    table.modifiers.new("Smooth", "SUBSURF")
+    override = bpy.data.materials.new("artist's wood")
+    table.material_slots[0].link = "OBJECT"
+    table.material_slots[0].material = override
+    old_mesh, old_seed = table.data.name, table["iscene_seed"]
+
+    select_only(bpy, table)
+    job = run_operator(addon, bpy.ops.iscene.regenerate)
+    assert job.state == "succeeded", job.message
+
+    assert server.get(f"/v1/jobs/{job.server_id}")["params"]["labels"] == [1]
+    manifest = server.get(f"/v1/jobs/{job.server_id}/scene")
+    entry = next(e for e in manifest["instances"] if e["label"] == 1)
+    table = bpy.data.objects["living_room_1"]
+    assert table.data.name != old_mesh and old_mesh not in bpy.data.meshes, "the old mesh is swapped out"
+    assert table["iscene_seed"] == entry["seed"] != old_seed and table["iscene_job"] == job.server_id
+    assert np.allclose(np.array(addon.frames.edit_in_scene(root, table)), scene_edit, atol=1e-5)
+    expected = np.array(root.matrix_world) @ scene_edit @ np.linalg.inv(np.array(root.matrix_world))
+    assert np.allclose(world_bounds(table), bounds_of_box(manifest_bounds(entry, root), expected), atol=1e-4)
+    assert table.parent == root and [m.type for m in table.modifiers] == ["SUBSURF"]
+    assert table.material_slots[0].material == override
+    assert np.allclose(np.array(objects[4].matrix_world), np.array(plant_matrix))
+    assert bpy.data.collections[first.collection]["iscene_job"] == job.server_id
+
+
+def bounds_of_box(box: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """The axis-aligned bounds of an axis-aligned box after ``matrix`` (exact for quarter turns)."""
+    corners = np.array([[x, y, z, 1.0] for x in box[:, 0] for y in box[:, 1] for z in box[:, 2]]) @ matrix.T
+    return np.stack([corners[:, :3].min(0), corners[:, :3].max(0)])
+
+
+def move_in_world(obj, x: float, y: float, z: float) -> None:
+    """What grabbing the object in the viewport does (its location is in the scaled root's frame)."""
+    obj.matrix_world = type(obj.matrix_world)(translation(x, y, z).tolist()) @ obj.matrix_world
+
+
+def test_refine_sends_the_edits_in_the_scene_frame_and_respects_locks(bpy, addon, inputs, server):
+    first = generate(bpy, addon)
+    objects = instances(bpy, addon, first)
+    table, plant = objects[1], objects[4]
+    root = plant.parent
+    table_matrix, table_hash = table.matrix_world.copy(), table["iscene_mesh_sha256"]
+    move_in_world(plant, 0.25, 0, 0)  # 1/16 of the 4-unit scene cube
+    move_in_world(table, 0, 0.5, 0)  # moved but locked: refine must keep it as it is
+    table.iscene_locked = True
+    table_matrix = table.matrix_world.copy()
+    inputs.refine_selected, inputs.strength = False, 0.5
+    select_only(bpy, plant)
+
+    job = run_operator(addon, bpy.ops.iscene.refine)
+    assert job.state == "succeeded", job.message
+
+    params = server.get(f"/v1/jobs/{job.server_id}")["params"]
+    assert params["locked"] == [1] and list(params["transforms"]) == ["4"]
+    assert np.allclose(np.array(params["transforms"]["4"]), translation(0.25 / 4, 0, 0), atol=1e-6)
+    manifest = server.get(f"/v1/jobs/{job.server_id}/scene")
+    assert 4 in manifest["refine"]["resampled"] + manifest["refine"]["moved_only"]
+    entry = next(e for e in manifest["instances"] if e["label"] == 4)
+    plant = bpy.data.objects["living_room_4"]
+    assert plant["iscene_job"] == job.server_id
+    assert addon.frames.is_identity(addon.frames.edit_in_scene(root, plant)), "the result already holds the move"
+    assert np.allclose(world_bounds(plant), manifest_bounds(entry, root), atol=1e-4)
+    table = bpy.data.objects["living_room_1"]
+    assert table["iscene_mesh_sha256"] == table_hash and table.matrix_world == table_matrix
+
+
+def test_refine_of_selected_objects_locks_the_others(bpy, addon, inputs):
+    first = generate(bpy, addon)
+    objects = instances(bpy, addon, first)
+    move_in_world(objects[4], 0.25, 0, 0)
+    move_in_world(objects[1], -0.25, 0, 0)
+    select_only(bpy, objects[4])
+    transforms, locked = addon.operators.refine_request(bpy.context, bpy.data.collections[first.collection], True)
+    assert list(transforms) == [4] and locked == [1]
+    bpy.data.objects.remove(objects[1])
+    transforms, locked = addon.operators.refine_request(bpy.context, bpy.data.collections[first.collection], False)
+    assert list(transforms) == [4] and locked == [1], "a deleted object is kept out of the refine"
+
+
+# --- cancel and failures ------------------------------------------------------------------------------------
+
+def start(bpy, addon, operator=None):
+    """Click Generate (or ``operator``) and pump until the server has accepted the job."""
+    before = set(addon.pump.RUNTIME.jobs)
+    assert (operator or bpy.ops.iscene.generate)() == {"FINISHED"}
+    (key,) = set(addon.pump.RUNTIME.jobs) - before
+    job = addon.pump.RUNTIME.jobs[key]
+    pump_until(addon, lambda: job.server_id is not None or not job.active, timeout=30)
+    return job
+
+
+def test_cancel_stops_the_job_on_the_server(bpy, addon, inputs, server):
+    inputs.steps = SLOW_STEPS
+    job = start(bpy, addon)
+    assert bpy.ops.iscene.cancel(key=job.key) == {"FINISHED"}
+    pump_until(addon, lambda: not job.active, timeout=60)
+    assert job.state == "cancelled"
+    assert server.wait(job.server_id, timeout=60)["state"] == "cancelled"
+    assert "I-Scene living_room" not in bpy.data.collections
+
+
+def test_server_killed_mid_job_fails_the_job_with_a_clear_message(bpy, addon, inputs, prefs, tiny_package,
+                                                                   tmp_path, monkeypatch):
+    monkeypatch.setattr(addon.jobs, "LOST_CONNECTION_S", 1.0)
+    doomed = ServerProcess(tiny_package, tmp_path / "data").start()
+    try:
+        prefs.server_url = doomed.url
+        inputs.steps = SLOW_STEPS
+        job = start(bpy, addon)
+        doomed.kill()
+        pump_until(addon, lambda: not job.active, timeout=30)
+    finally:
+        doomed.kill()
+    assert job.state == "failed"
+    assert "lost the connection" in job.message and "server is still running" in job.hint
+    addon.pump.RUNTIME.check_health(addon.preferences.client(bpy.context))
+    pump_until(addon, lambda: addon.pump.RUNTIME.health_error is not None, timeout=30)
+    assert addon.panel.health_line(bpy.context) == ("ERROR", "Server not reachable")
+
+
+@contextmanager
+def fake_server(status: int, content_type: str, body: bytes) -> Iterator[str]:
+    """Some other web service on a loopback port, answering every request the same way."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_DELETE = answer
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("status, content_type, body", [
+    (200, "text/html", b"<html><body>Router admin</body></html>"),
+    (200, "application/json", b'{"status": "ok"}'),
+    (404, "text/plain", b"Not Found"),
+], ids=["html-page", "other-json-api", "not-found"])
+def test_a_different_service_at_the_url_is_named_as_such(bpy, addon, inputs, prefs, status, content_type, body):
+    with fake_server(status, content_type, body) as url:
+        prefs.server_url = url
+        bpy.ops.iscene.check_server()
+        pump_until(addon, lambda: addon.pump.RUNTIME.health_error is not None, timeout=30)
+        assert addon.panel.health_line(bpy.context) == ("ERROR", "Not an I-Scene server at this URL")
+        job = run_operator(addon, bpy.ops.iscene.generate)
+    assert job.state == "failed"
+    assert "not an I-Scene server" in job.message or "not like an I-Scene server" in job.message
+    assert "server URL" in job.hint
+
+
+def test_nothing_listening_is_reported_not_waited_on(bpy, addon, inputs, prefs):
+    with fake_server(200, "text/plain", b"") as url:
+        pass  # the port was just freed: nothing listens there now
+    prefs.server_url = url
+    job = run_operator(addon, bpy.ops.iscene.generate)
+    assert job.state == "failed" and "cannot reach the I-Scene server" in job.message
+    assert "iscene-server serve" in job.hint
+
+
+@pytest.fixture(scope="module")
+def guarded_server(tiny_package, tmp_path_factory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tiny_package, tmp_path_factory.mktemp("guarded") / "data", token=TOKEN).start()
+    yield process
+    process.stop()
+
+
+def test_a_wrong_token_is_rejected_with_the_fix(bpy, addon, inputs, prefs, guarded_server):
+    prefs.server_url, prefs.token = guarded_server.url, "not-the-token"
+    bpy.ops.iscene.check_server()
+    pump_until(addon, lambda: addon.pump.RUNTIME.health_error is not None, timeout=30)
+    assert addon.panel.health_line(bpy.context)[1].startswith("Token rejected")
+    job = run_operator(addon, bpy.ops.iscene.generate)
+    assert job.state == "failed" and "access token" in job.message and "add-on preferences" in job.hint
+    assert guarded_server.get("/v1/jobs")["jobs"] == [], "nothing was queued"
+
+    prefs.token = TOKEN
+    addon.pump.RUNTIME.health, addon.pump.RUNTIME.health_error = None, None
+    bpy.ops.iscene.check_server()
+    pump_until(addon, lambda: addon.pump.RUNTIME.health is not None or addon.pump.RUNTIME.health_error is not None)
+    assert addon.pump.RUNTIME.health_error is None
+    assert addon.panel.health_line(bpy.context)[0] == "CHECKMARK"
+
+
+def test_the_token_is_not_saved_in_blend_files(bpy, addon, prefs, tmp_path):
+    prefs.token = "secret-token-value"
+    path = tmp_path / "scene.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(path), copy=True)
+    assert b"secret-token-value" not in path.read_bytes()
+
+
+def test_remote_url_needs_online_access(bpy, addon, inputs, prefs, online_access):
+    online_access(False)
+    prefs.server_url = "http://192.0.2.10:8712"
+    jobs = dict(addon.pump.RUNTIME.jobs)
+    with pytest.raises(RuntimeError, match="Allow Online Access"):
+        bpy.ops.iscene.generate()
+    with pytest.raises(RuntimeError, match="Allow Online Access"):
+        bpy.ops.iscene.check_server()
+    assert addon.pump.RUNTIME.jobs == jobs, "no request was started"
+    icon, text = addon.panel.health_line(bpy.context)
+    assert icon == "ERROR" and "Allow Online Access" in text
+    online_access(True)
+    assert addon.preferences.network_problem(prefs.server_url) == ""
+    assert addon.preferences.network_problem("http://127.0.0.1:8712") == ""
+
+
+def test_generate_without_inputs_says_what_is_missing(bpy, addon, prefs):
+    with pytest.raises(RuntimeError, match="choose an image and its label map"):
+        bpy.ops.iscene.generate()
+    assert not addon.pump.RUNTIME.jobs
+
+
+def test_server_side_input_errors_reach_the_artist(bpy, addon, inputs, scene_pngs, tmp_path):
+    from PIL import Image
+    blank = tmp_path / "blank_labels.png"
+    Image.new("L", (320, 240)).save(blank)
+    inputs.labels = bpy.data.images.load(str(blank))
+    job = run_operator(addon, bpy.ops.iscene.generate)
+    assert job.state == "failed" and "instance" in job.message and job.hint
+    assert bpy.ops.iscene.copy_error(key=job.key) == {"FINISHED"}  # headless Blender has no clipboard to read
+    report = addon.operators.error_report(job)
+    assert job.message in report and job.hint in report and "Server job: none" in report  # refused at submit
+    retried = run_operator(addon, lambda: bpy.ops.iscene.retry(key=job.key))
+    assert retried.key != job.key and retried.inputs == job.inputs and retried.params == job.params
+    assert (retried.state, retried.message) == ("failed", job.message), "the same inputs meet the same check"
+
+
+# --- the add-on's lifecycle -----------------------------------------------------------------------------------
+
+def test_disable_during_a_job_stops_its_worker(bpy, addon, inputs, server):
+    from .conftest import disable_addon, enable_addon
+    inputs.steps = SLOW_STEPS
+    job = start(bpy, addon)
+    runtime, threads = addon.pump.RUNTIME, list(addon.pump.RUNTIME.threads)
+    addon.pump.ensure_timer()
+    disable_addon()
+    try:
+        assert not bpy.app.timers.is_registered(addon.pump.tick)
+        assert job.cancel.is_set() and not any(thread.is_alive() for thread in threads)
+        assert not runtime.threads
+    finally:
+        enable_addon()
+    assert server.wait(job.server_id, timeout=60)["state"] == "cancelled", "the server stops the abandoned job"
