@@ -112,6 +112,13 @@ class Client:
                                        {"params": json.dumps(params)})
         return self._json("POST", f"{API}/jobs", body, content_type, require=("job_id",))
 
+    def segment(self, image: bytes, prompts: dict) -> dict:
+        body, content_type = multipart({"image": ("image", image)}, {"prompts": json.dumps(prompts)})
+        return self._json("POST", f"{API}/segment", body, content_type, require=("job_id",))
+
+    def segments(self, job_id: str) -> dict:
+        return self._json("GET", f"{API}/jobs/{quote(job_id)}/segments", require=("segments",))
+
     def status(self, job_id: str) -> dict:
         return self._json("GET", f"{API}/jobs/{quote(job_id)}", require=("state",))
 

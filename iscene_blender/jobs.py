@@ -16,6 +16,7 @@ from pathlib import Path
 from .client import Client, ClientError
 
 ACTIVE = ("submitting", "queued", "running", "downloading", "importing")
+SEGMENT_LABELS = "labels.png"  # the label map a segment job makes
 LOST_CONNECTION_S = 15.0  # a job whose server stays unreachable this long is failed, not waited on forever
 
 
@@ -28,14 +29,15 @@ class Event:
 
 @dataclass
 class Job:
-    kind: str  # generate | regenerate | refine
+    kind: str  # generate | regenerate | refine | segment
     title: str
     scene: str  # the Blender scene to import into
     folder: Path
     params: dict = field(default_factory=dict)
-    inputs: dict[str, bytes] = field(default_factory=dict, repr=False)  # generate: image and labels (for Retry)
+    inputs: dict[str, bytes] = field(default_factory=dict, repr=False)  # generate, segment: uploads (for Retry)
     parent: str | None = None  # regenerate / refine: the server job they derive from
     collection: str | None = None  # regenerate / refine: the collection whose objects they update
+    image: str | None = None  # segment: the image datablock the label map is made for
     key: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     server_id: str | None = None
     state: str = "submitting"
@@ -116,6 +118,8 @@ def _submit(job: Job, client: Client) -> dict:
         return client.regenerate(job.parent, job.params["labels"], job.params.get("seeds"))
     if job.kind == "refine":
         return client.refine(job.parent, job.params["transforms"], job.params["locked"], job.params["strength"])
+    if job.kind == "segment":
+        return client.segment(job.inputs["image"], job.params["prompts"])
     raise ValueError(f"unknown job kind {job.kind!r}")
 
 
@@ -157,7 +161,9 @@ def _wait(job: Job, client: Client, events: queue.Queue, poll_s: float) -> dict 
 
 
 def files_to_download(job: Job, manifest: dict) -> list[str]:
-    """Generate: every instance; regenerate/refine: only the instances the child job changed."""
+    """Generate: every instance; regenerate/refine: only the instances the child job changed; segment: the map."""
+    if job.kind == "segment":
+        return [SEGMENT_LABELS]
     entries = [e for e in manifest["instances"] if e.get("file")]
     if job.kind == "regenerate":
         entries = [e for e in entries if e["label"] in job.params["labels"]]
@@ -176,7 +182,7 @@ def run_job(job: Job, client: Client, events: queue.Queue, poll_s: float) -> Non
         if _wait(job, client, events, poll_s) is None:
             return
         _post(events, "update", job, state="downloading")
-        manifest = client.scene(job.server_id)
+        manifest = client.segments(job.server_id) if job.kind == "segment" else client.scene(job.server_id)
         job.folder.mkdir(parents=True, exist_ok=True)
         files = {}
         for name in files_to_download(job, manifest):

@@ -2,30 +2,29 @@
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import bpy
-from bpy.props import StringProperty
+from bpy.props import EnumProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
-from . import frames, importer
+from . import frames, importer, masks
 from .jobs import Job
+from .png import image_png
 from .preferences import LocalServer, client, network_problem, preferences, user_dir
 from .pump import RUNTIME, ensure_timer
 
 
 def image_bytes(image: bpy.types.Image) -> bytes:
-    """The encoded file of an image datablock: packed data, the file on disk, or a PNG saved from its pixels."""
-    if image.packed_file is not None:
-        return bytes(image.packed_file.data)
-    path = Path(bpy.path.abspath(image.filepath)) if image.filepath else None
-    if path is not None and path.is_file() and not image.is_dirty:
-        return path.read_bytes()
-    with tempfile.TemporaryDirectory() as folder:
-        target = Path(folder) / "image.png"
-        image.save(filepath=str(target))  # from its pixels: generated, rendered or edited images
-        return target.read_bytes()
+    """The encoded file of an image datablock: packed data or the file on disk while they hold what the artist
+    sees, else a PNG of its pixels in memory (painted, generated or edited images)."""
+    if not image.is_dirty:
+        if image.packed_file is not None:
+            return bytes(image.packed_file.data)
+        path = Path(bpy.path.abspath(image.filepath)) if image.filepath else None
+        if path is not None and path.is_file():
+            return path.read_bytes()
+    return image_png(image)
 
 
 def _start(context, job: Job) -> Job:
@@ -72,13 +71,14 @@ class ISCENE_OT_generate(NetworkOperator, bpy.types.Operator):
 
     def execute(self, context):
         settings = context.scene.iscene
-        if settings.image is None or settings.labels is None:
-            self.report({"ERROR"}, "I-Scene: choose an image and its label map first")
+        labels = settings.labels or masks.linked_label_map(settings.image)
+        if settings.image is None or labels is None:
+            self.report({"ERROR"}, "I-Scene: choose an image and its label map first (or Segment the image)")
             return {"CANCELLED"}
         if not self.network_ok(context):
             return {"CANCELLED"}
         try:
-            inputs = {"image": image_bytes(settings.image), "labels": image_bytes(settings.labels)}
+            inputs = {"image": image_bytes(settings.image), "labels": image_bytes(labels)}
         except (OSError, RuntimeError) as err:
             self.report({"ERROR"}, f"I-Scene: cannot read the images ({err})")
             return {"CANCELLED"}
@@ -152,6 +152,49 @@ class ISCENE_OT_refine(NetworkOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
+class ISCENE_OT_segment(NetworkOperator, bpy.types.Operator):
+    """Make the label map: Segment Anything on the server, prompted by the boxes and dots you annotated on the
+    image (or automatically over the whole image)"""
+
+    bl_idname = "iscene.segment"
+    bl_label = "Segment"
+
+    mode: EnumProperty(name="Mode", default="PROMPTS", items=[
+        ("PROMPTS", "From Annotations", "One object per annotated box or dot"),
+        ("AUTO", "Automatic", "Find the objects over a grid of points")])
+    annotation: StringProperty(name="Annotation", default="", options={"HIDDEN", "SKIP_SAVE"},
+                               description="Annotation datablock to read (default: the Image Editor's)")
+
+    def execute(self, context):
+        settings = context.scene.iscene
+        image = settings.image or active_image(context)
+        if image is None or not image.size[0]:
+            self.report({"ERROR"}, "I-Scene: choose the image to segment first")
+            return {"CANCELLED"}
+        if self.mode == "AUTO":
+            prompts = {"auto": True, "points_per_side": settings.points_per_side}
+        else:
+            annotation = masks.annotation_for(context, image, self.annotation)
+            strokes = masks.annotation_strokes(annotation) if annotation is not None else []
+            if not strokes:
+                self.report({"ERROR"}, "I-Scene: nothing to segment: in the Image Editor, draw a box around each "
+                                       "object (or click on it) with the Annotate tool, or use Auto-segment")
+                return {"CANCELLED"}
+            prompts = masks.prompts_from_strokes(strokes, *image.size)
+        if not self.network_ok(context):
+            return {"CANCELLED"}
+        try:
+            inputs = {"image": image_bytes(image)}
+        except (OSError, RuntimeError) as err:
+            self.report({"ERROR"}, f"I-Scene: cannot read the image ({err})")
+            return {"CANCELLED"}
+        job = Job("segment", _title(image), context.scene.name, Path(), {"prompts": prompts}, inputs,
+                  image=image.name)
+        job.folder = user_dir("jobs", job.key)
+        _start(context, job)
+        return {"FINISHED"}
+
+
 class JobOperator:
     """An operator on one job of the job list, named by its ``key``; does nothing if the job is gone."""
 
@@ -186,7 +229,7 @@ class ISCENE_OT_retry(JobOperator, bpy.types.Operator):
         if old.active:
             return {"CANCELLED"}
         job = Job(old.kind, old.title, old.scene, Path(), dict(old.params), dict(old.inputs), old.parent,
-                  old.collection)
+                  old.collection, old.image)
         job.folder = user_dir("jobs", job.key)
         _start(context, job)
         return {"FINISHED"}
@@ -245,7 +288,7 @@ class ISCENE_OT_use_active_image(bpy.types.Operator):
         if image is None:
             self.report({"ERROR"}, "I-Scene: no image in an Image Editor and no active image empty")
             return {"CANCELLED"}
-        context.scene.iscene.image = image
+        context.scene.iscene.image = image  # also picks its label map, if it has one
         return {"FINISHED"}
 
 
@@ -274,7 +317,10 @@ class ISCENE_OT_load_label_map(bpy.types.Operator, ImportHelper):
             self.report({"ERROR"}, f"I-Scene: cannot load {self.filepath} ({err})")
             return {"CANCELLED"}
         image.colorspace_settings.name = "Non-Color"  # ids, not colours
-        context.scene.iscene.labels = image
+        settings = context.scene.iscene
+        settings.labels = image
+        if settings.image is not None:
+            masks.link_label_map(settings.image, image)  # Generate Scene picks it again for this image
         return {"FINISHED"}
 
 
@@ -306,9 +352,9 @@ class ISCENE_OT_stop_server(bpy.types.Operator):
         return {"FINISHED"}
 
 
-CLASSES = (ISCENE_OT_generate, ISCENE_OT_regenerate, ISCENE_OT_refine, ISCENE_OT_cancel, ISCENE_OT_retry,
-           ISCENE_OT_open_folder, ISCENE_OT_copy_error, ISCENE_OT_check_server, ISCENE_OT_use_active_image,
-           ISCENE_OT_load_label_map, ISCENE_OT_start_server, ISCENE_OT_stop_server)
+CLASSES = (ISCENE_OT_generate, ISCENE_OT_segment, ISCENE_OT_regenerate, ISCENE_OT_refine, ISCENE_OT_cancel,
+           ISCENE_OT_retry, ISCENE_OT_open_folder, ISCENE_OT_copy_error, ISCENE_OT_check_server,
+           ISCENE_OT_use_active_image, ISCENE_OT_load_label_map, ISCENE_OT_start_server, ISCENE_OT_stop_server)
 
 
 def register():

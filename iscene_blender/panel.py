@@ -51,83 +51,127 @@ def health_line(context) -> tuple[str, str]:
     return "CHECKMARK", f"Ready: {model} on {device}"
 
 
-class VIEW3D_PT_iscene(bpy.types.Panel):
-    bl_space_type = "VIEW_3D"
+def draw_health(context, layout) -> None:
+    icon, text = health_line(context)
+    row = layout.row()
+    row.label(text=text, icon=icon)
+    row.operator("iscene.check_server", text="", icon="FILE_REFRESH")
+
+
+def draw_masks(layout, settings) -> None:
+    """Segmenting: annotate boxes/dots on the image, then Segment; or Auto-segment; and the overlay."""
+    col = layout.column(align=True)
+    row = col.row(align=True)
+    row.operator("iscene.segment", icon="SELECT_SET").mode = "PROMPTS"
+    row.operator("iscene.segment", text="Auto-segment", icon="AUTO").mode = "AUTO"
+    col.prop(settings, "points_per_side")
+    segment = (RUNTIME.health or {}).get("segment") or {}
+    if segment and not segment.get("available"):
+        col.label(text="The server cannot segment: pip install iscene-server[segment]", icon="ERROR")
+    row = col.row(align=True)
+    row.prop(settings, "show_overlay", text="Overlay")
+    row.prop(settings, "overlay_opacity", slider=True)
+
+
+def draw_inputs(layout, settings) -> None:
+    box = layout.box()
+    row = box.row(align=True)
+    row.prop(settings, "image")
+    row.operator("iscene.use_active_image", text="", icon="EYEDROPPER")
+    row = box.row(align=True)
+    row.prop(settings, "labels")
+    row.operator("iscene.load_label_map", text="", icon="FILEBROWSER")
+    if settings.labels is not None:
+        box.label(text=f"{label_count(settings.labels)} instances in the label map")
+    draw_masks(box, settings)
+    col = box.column(align=True)
+    col.prop(settings, "seed")
+    col.prop(settings, "steps")
+    col.prop(settings, "detail")
+    col.prop(settings, "scene_size")
+    box.operator("iscene.generate", icon="SCENE_DATA")
+
+
+def draw_jobs(layout) -> None:
+    """The recent jobs: state, progress with stage, step and ETA, Cancel / Retry / Open Results Folder, errors."""
+    jobs = list(RUNTIME.jobs.values())[-MAX_LISTED_JOBS:][::-1]
+    if not jobs:
+        return
+    box = layout.box()
+    box.label(text="Jobs")
+    for job in jobs:
+        row = box.row(align=True)
+        row.label(text=f"{job.kind} {job.title}", icon=STATE_ICONS.get(job.state, "DOT"))
+        if job.active:
+            row.operator("iscene.cancel", text="", icon="X").key = job.key
+            stage = job.stage or job.state
+            steps = f" {job.step}/{job.total}" if job.total else ""
+            queued = f" (#{job.queue_position} in queue)" if job.queue_position else ""
+            box.progress(text=f"{stage}{steps}{queued}{_clock(job.eta_s)}", factor=job.progress, type="BAR")
+            continue
+        row.operator("iscene.retry", text="", icon="FILE_REFRESH").key = job.key
+        row.operator("iscene.open_folder", text="", icon="FILE_FOLDER").key = job.key
+        if job.state in ("failed", "cancelled") and job.message:
+            col = box.column(align=True)
+            col.label(text=job.message, icon="INFO")
+            if job.hint:
+                col.label(text=job.hint)
+            col.operator("iscene.copy_error", icon="COPYDOWN").key = job.key
+
+
+def draw_edit(context, layout, settings) -> None:
+    """Regenerate, lock and refine for the active generated object."""
+    obj = context.active_object
+    if obj is None or importer.LABEL not in obj:
+        return
+    box = layout.box()
+    box.label(text=f"{obj.name}: label {obj[importer.LABEL]}, seed {obj.get('iscene_seed')}")
+    box.prop(obj, "iscene_locked")
+    box.operator("iscene.regenerate", icon="FILE_REFRESH")
+    col = box.column(align=True)
+    col.prop(settings, "strength")
+    col.prop(settings, "refine_selected")
+    col.operator("iscene.refine", icon="MOD_SMOOTH")
+
+
+class SidebarPanel:
+    """An "I-Scene" tab in an editor's sidebar."""
+
     bl_region_type = "UI"
     bl_category = "I-Scene"
     bl_label = "I-Scene"
 
+
+class VIEW3D_PT_iscene(SidebarPanel, bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+
     def draw(self, context):
-        layout = self.layout
         settings = context.scene.iscene
-        icon, text = health_line(context)
-        row = layout.row()
-        row.label(text=text, icon=icon)
-        row.operator("iscene.check_server", text="", icon="FILE_REFRESH")
+        draw_health(context, self.layout)
+        draw_inputs(self.layout, settings)
+        draw_jobs(self.layout)
+        draw_edit(context, self.layout, settings)
 
-        box = layout.box()
-        row = box.row(align=True)
-        row.prop(settings, "image")
-        row.operator("iscene.use_active_image", text="", icon="EYEDROPPER")
-        row = box.row(align=True)
-        row.prop(settings, "labels")
-        row.operator("iscene.load_label_map", text="", icon="FILEBROWSER")
-        if settings.labels is not None:
-            box.label(text=f"{label_count(settings.labels)} instances in the label map")
-        col = box.column(align=True)
-        col.prop(settings, "seed")
-        col.prop(settings, "steps")
-        col.prop(settings, "detail")
-        col.prop(settings, "scene_size")
-        box.operator("iscene.generate", icon="SCENE_DATA")
 
-        self.draw_jobs(layout)
-        self.draw_edit(context, layout, settings)
+class IMAGE_PT_iscene(SidebarPanel, bpy.types.Panel):
+    """The same inputs where the artist draws the prompts and paints the label map."""
 
-    @staticmethod
-    def draw_jobs(layout):
-        jobs = list(RUNTIME.jobs.values())[-MAX_LISTED_JOBS:][::-1]
-        if not jobs:
-            return
-        box = layout.box()
-        box.label(text="Jobs")
-        for job in jobs:
-            row = box.row(align=True)
-            row.label(text=f"{job.kind} {job.title}", icon=STATE_ICONS.get(job.state, "DOT"))
-            if job.active:
-                row.operator("iscene.cancel", text="", icon="X").key = job.key
-                stage = job.stage or job.state
-                steps = f" {job.step}/{job.total}" if job.total else ""
-                queued = f" (#{job.queue_position} in queue)" if job.queue_position else ""
-                box.progress(text=f"{stage}{steps}{queued}{_clock(job.eta_s)}", factor=job.progress, type="BAR")
-                continue
-            row.operator("iscene.retry", text="", icon="FILE_REFRESH").key = job.key
-            row.operator("iscene.open_folder", text="", icon="FILE_FOLDER").key = job.key
-            if job.state in ("failed", "cancelled") and job.message:
-                col = box.column(align=True)
-                col.label(text=job.message, icon="INFO")
-                if job.hint:
-                    col.label(text=job.hint)
-                col.operator("iscene.copy_error", icon="COPYDOWN").key = job.key
+    bl_space_type = "IMAGE_EDITOR"
 
-    @staticmethod
-    def draw_edit(context, layout, settings):
-        obj = context.active_object
-        if obj is None or importer.LABEL not in obj:
-            return
-        box = layout.box()
-        box.label(text=f"{obj.name}: label {obj[importer.LABEL]}, seed {obj.get('iscene_seed')}")
-        box.prop(obj, "iscene_locked")
-        box.operator("iscene.regenerate", icon="FILE_REFRESH")
-        col = box.column(align=True)
-        col.prop(settings, "strength")
-        col.prop(settings, "refine_selected")
-        col.operator("iscene.refine", icon="MOD_SMOOTH")
+    def draw(self, context):
+        draw_health(context, self.layout)
+        draw_inputs(self.layout, context.scene.iscene)
+        draw_jobs(self.layout)
+
+
+CLASSES = (VIEW3D_PT_iscene, IMAGE_PT_iscene)
 
 
 def register():
-    bpy.utils.register_class(VIEW3D_PT_iscene)
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
 
 
 def unregister():
-    bpy.utils.unregister_class(VIEW3D_PT_iscene)
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -7,6 +7,8 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty
 
+from .masks import linked_label_map
+
 _LABEL_COUNTS: dict[tuple, int] = {}
 
 
@@ -27,8 +29,16 @@ def label_count(image) -> int:
     return _LABEL_COUNTS[key]
 
 
+def _image_changed(settings, _context) -> None:
+    """Choosing an image picks the label map made (or last used) for it."""
+    labels = linked_label_map(settings.image)
+    if labels is not None:
+        settings.labels = labels
+
+
 class ISceneSettings(bpy.types.PropertyGroup):
-    image: PointerProperty(name="Image", type=bpy.types.Image, description="The reference image")
+    image: PointerProperty(name="Image", type=bpy.types.Image, description="The reference image",
+                           update=_image_changed)
     labels: PointerProperty(name="Label Map", type=bpy.types.Image,
                             description="One flat colour or id per object, background 0 (black)")
     seed: IntProperty(name="Seed", default=42, min=0, max=2 ** 31 - 1)
@@ -42,6 +52,11 @@ class ISceneSettings(bpy.types.PropertyGroup):
                             description="Refine: 0 keeps the moved shapes, 1 re-generates them")
     refine_selected: BoolProperty(name="Selected Only", default=True,
                                   description="Refine only the selected objects (the others stay as they are)")
+    points_per_side: IntProperty(name="Grid", default=16, min=4, max=64,
+                                 description="Auto-segment: prompt points along each side of the image")
+    show_overlay: BoolProperty(name="Show Label Overlay", default=True,
+                               description="Draw the label map's colours over the image in the Image Editor")
+    overlay_opacity: FloatProperty(name="Opacity", default=0.45, min=0.0, max=1.0, subtype="FACTOR")
 
 
 def register():

@@ -9,8 +9,8 @@ import time
 
 import bpy
 
-from . import importer
-from .jobs import Event, Job, Runtime
+from . import importer, masks
+from .jobs import SEGMENT_LABELS, Event, Job, Runtime
 
 RUNTIME = Runtime()
 INTERVAL = 0.2  # seconds between pumps while jobs run
@@ -37,7 +37,7 @@ def shutdown() -> None:
 def redraw() -> None:
     for window in getattr(bpy.context.window_manager, "windows", []):
         for area in window.screen.areas:
-            if area.type in ("VIEW_3D", "PREFERENCES"):
+            if area.type in ("VIEW_3D", "IMAGE_EDITOR", "PREFERENCES"):
                 area.tag_redraw()
 
 
@@ -75,11 +75,13 @@ def _apply(event: Event) -> None:
 
 
 def _finish(job: Job, manifest: dict, files: dict[str, bytes]) -> None:
-    """Import (generate) or update objects (regenerate, refine), as one undo step."""
+    """Import (generate), update objects (regenerate, refine) or store a label map (segment), as one undo step."""
     job.state = "importing"
     try:
         scene = bpy.data.scenes.get(job.scene) or bpy.context.scene
-        if job.kind == "generate":
+        if job.kind == "segment":
+            _store_label_map(scene, job)
+        elif job.kind == "generate":
             settings = scene.iscene
             collection = importer.import_scene(scene, job.server_id, job.title, manifest, files,
                                                image=settings.image, scale=settings.scene_size)
@@ -95,3 +97,15 @@ def _finish(job: Job, manifest: dict, files: dict[str, bytes]) -> None:
     except Exception as err:  # never let an import problem kill the timer or leave the job "importing"
         job.state, job.message = "failed", f"could not apply the result in Blender: {err}"
         job.hint = "the files were downloaded to the job folder (Open Results Folder)"
+
+
+def _store_label_map(scene, job: Job) -> None:
+    image = bpy.data.images.get(job.image or "")
+    if image is None:
+        raise LookupError(f"the image {job.image!r} no longer exists")
+    labels = masks.store_label_map(image, job.folder / SEGMENT_LABELS)
+    settings = scene.iscene
+    if settings.image is None:
+        settings.image = image
+    if settings.image == image:
+        settings.labels = labels

@@ -21,8 +21,9 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, model: Path, data_dir: Path, *extra: str, token: str | None = None, port: int | None = None):
-        self.model, self.data_dir, self.extra, self.token = model, data_dir, extra, token
+    def __init__(self, model: Path, data_dir: Path, *extra: str, token: str | None = None, port: int | None = None,
+                 env: dict[str, str] | None = None):
+        self.model, self.data_dir, self.extra, self.token, self.env = model, data_dir, extra, token, env or {}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
@@ -33,7 +34,7 @@ class ServerProcess:
                 str(self.data_dir), "--port", str(self.port), "--device", "cpu", *self.extra]
         if self.token:
             args += ["--token", self.token]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + timeout
         while time.time() < deadline:
@@ -92,6 +93,12 @@ class ServerProcess:
         body, content_type = multipart({"image": ("image.png", image), "labels": ("labels.png", labels)},
                                        {"params": json.dumps(params or {})})
         status, _, data = self.request("POST", "/v1/jobs", body, {"Content-Type": content_type}, **kw)
+        return status, json.loads(data)
+
+    def segment(self, image: bytes, prompts: dict | str, **kw) -> tuple[int, dict]:
+        text = prompts if isinstance(prompts, str) else json.dumps(prompts)
+        body, content_type = multipart({"image": ("image.png", image)}, {"prompts": text})
+        status, _, data = self.request("POST", "/v1/segment", body, {"Content-Type": content_type}, **kw)
         return status, json.loads(data)
 
     def wait(self, job_id: str, states=("succeeded", "failed", "cancelled"), timeout: float = 300) -> dict:

@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from conftest import without_transformers
 from PIL import Image
 
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
-def cli(*args: str) -> subprocess.CompletedProcess:
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "iscene_server.cli", *args], capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, env={**os.environ, **(env or {})})
 
 
 def test_readme_demo_on_the_example_render(tmp_path):
     package = tmp_path / "tiny"
     assert cli("make-tiny-package", str(package)).returncode == 0
+    assert (package / "sam" / "config.json").is_file()  # the tiny SAM, for segmentation
     proc = cli("generate", "--model", str(package), "--image", str(EXAMPLES / "living_room.png"),
                "--labels", str(EXAMPLES / "living_room_labels.png"), "--out", str(tmp_path / "out"),
                "--stage", "1", "--steps", "2")
@@ -66,3 +69,34 @@ def test_unknown_label_subset_is_a_clear_error(tiny_package, tmp_path):
                "--labels", str(EXAMPLES / "living_room_labels.png"), "--out", str(tmp_path / "out"),
                "--only", "42")
     _assert_clear_error(proc, "42")
+
+
+def test_segment_writes_a_palette_label_map_and_its_segments(tiny_package, tmp_path):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"objects": [{"box": [100, 200, 500, 450]}, {"points": [[600, 300]]}]}))
+    out = tmp_path / "out" / "labels.png"
+    proc = cli("segment", "--image", str(EXAMPLES / "living_room.png"), "--prompts", str(prompts), "--out", str(out),
+               "--segment-model", str(tiny_package / "sam"), "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(out.with_suffix(".json").read_text())
+    labels = Image.open(out)
+    assert labels.mode == "P" and labels.size == Image.open(EXAMPLES / "living_room.png").size
+    assert info["mode"] == "prompts" and len(info["segments"]) + len(info["dropped"]) == 2
+    assert sorted(np.unique(np.array(labels)))[-1] == len(info["segments"])
+    assert f"segment 1 (prompt {info['segments'][0]['prompt']})" in proc.stdout
+
+
+def test_segment_prompts_outside_the_image_are_a_clear_error(tiny_package, tmp_path):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps({"objects": [{"points": [[5000, 10]]}]}))
+    proc = cli("segment", "--image", str(EXAMPLES / "living_room.png"), "--prompts", str(prompts),
+               "--out", str(tmp_path / "labels.png"), "--segment-model", str(tiny_package / "sam"))
+    _assert_clear_error(proc, "outside the 640×480 image")
+    assert not (tmp_path / "labels.png").exists()
+
+
+def test_make_tiny_package_without_the_segment_extra_leaves_out_sam(tmp_path):
+    proc = cli("make-tiny-package", str(tmp_path / "tiny"), env=without_transformers(tmp_path / "site"))
+    assert proc.returncode == 0, proc.stderr
+    assert "note: no sam/" in proc.stdout and "pip install iscene-server[segment]" in proc.stdout
+    assert (tmp_path / "tiny" / "iscene_config.json").is_file() and not (tmp_path / "tiny" / "sam").exists()

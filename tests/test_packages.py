@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FIXTURES
+from conftest import FIXTURES, fake_hub_repo
 from iscene_server.engine.packages import checkpoints
 from iscene_server.engine.packages.layouts import PACKAGE_ROLES as ROLES
 from iscene_server.engine.packages.layouts import IScenePackage, TrellisPackage
@@ -174,28 +174,12 @@ def test_incomplete_package_names_the_missing_file(package_copy):
         models.get("denoiser")
 
 
-def _fake_hub_repo(cache: Path, repo_id: str, files_from: Path, skip: str | None = None) -> None:
-    """Lay out a Hugging Face cache entry (refs/main -> snapshots/<commit>/...) holding ``files_from``."""
-    commit = "0123456789abcdef0123456789abcdef01234567"
-    repo = cache / f"models--{repo_id.replace('/', '--')}"
-    (repo / "refs").mkdir(parents=True)
-    (repo / "refs" / "main").write_text(commit)
-    snapshot = repo / "snapshots" / commit
-    shutil.copytree(files_from, snapshot, ignore=shutil.ignore_patterns(*(p for p in [skip] if p)))
-
-
-def test_repo_ids_are_served_from_the_offline_cache(tiny_package, tmp_path, monkeypatch):
-    cache = tmp_path / "hub"
-    _fake_hub_repo(cache, "tiny/trellis", tiny_package / "trellis-image-tiny")
-    _fake_hub_repo(cache, "tiny/iscene", tiny_package, skip="trellis-image-tiny")
-    snapshot_config = next((cache / "models--tiny--iscene" / "snapshots").iterdir()) / "iscene_config.json"
+def test_repo_ids_are_served_from_the_offline_cache(tiny_package, offline_hub):
+    fake_hub_repo(offline_hub, "tiny/trellis", tiny_package / "trellis-image-tiny")
+    fake_hub_repo(offline_hub, "tiny/iscene", tiny_package, skip="trellis-image-tiny")
+    snapshot_config = next((offline_hub / "models--tiny--iscene" / "snapshots").iterdir()) / "iscene_config.json"
     config = json.loads(snapshot_config.read_text())
     snapshot_config.write_text(json.dumps({**config, "base_model_id": "tiny/trellis"}))
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants as hub_constants
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
 
     package = IScenePackage.open("tiny/iscene")
     assert package.model_ids() == {"iscene": "tiny/iscene", "trellis": "tiny/trellis", "model_name": "IScene-tiny"}

@@ -1,8 +1,9 @@
-"""``iscene-server``: generate scenes, check parity, make the tiny package, download models."""
+"""``iscene-server``: generate scenes, segment images, serve, check parity, make the tiny package, download models."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ISceneError
+from .segment import DEFAULT_SEGMENT_MODEL
 
 DEFAULT_MODEL = "LuLing/IScene"
 
@@ -50,12 +52,13 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _add_runtime_options(p: argparse.ArgumentParser) -> None:
+def _add_runtime_options(p: argparse.ArgumentParser, attention: bool = True) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="torso precision on CUDA (auto = float16); the CPU always uses float32")
-    p.add_argument("--attention", default=None, choices=["auto", "sdpa", "xformers", "naive"],
-                   help="attention backend (default: $ISCENE_ATTN_BACKEND or auto)")
+    if attention:
+        p.add_argument("--attention", default=None, choices=["auto", "sdpa", "xformers", "naive"],
+                       help="attention backend (default: $ISCENE_ATTN_BACKEND or auto)")
 
 
 def _instance_seeds(pairs: list[str]) -> dict[int, int]:
@@ -145,13 +148,48 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = ServiceSettings(model=args.model, data_dir=Path(args.data_dir), device=args.device, dtype=args.dtype,
                                max_queue=args.max_queue, job_timeout_s=args.job_timeout,
-                               max_age_days=args.keep_days or None, max_store_gb=args.keep_gb or None)
+                               max_age_days=args.keep_days or None, max_store_gb=args.keep_gb or None,
+                               segment_model=args.segment_model)
     service = JobService(settings)
     app = create_app(service, token=token, max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
                      max_pixels=args.max_pixels)
     print(f"I-Scene server: http://{args.host}:{args.port}/v1/health  (API docs: /docs; jobs in {args.data_dir})",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    from . import segment
+
+    segment.require()
+    from .api.schemas import SegmentPrompts, parse_json_field
+    from .engine.progress import ProgressTracker
+    from .segment.model import SamSegmenter
+    from .segment.pipeline import segment_to_files
+
+    if args.auto:
+        text = json.dumps({"auto": True, "points_per_side": args.points_per_side})
+    else:
+        text = _read_input(args.prompts, "prompts").decode("utf-8", errors="replace")
+    prompts = parse_json_field(text, SegmentPrompts, f"prompts ({args.prompts or '--auto'})",
+                               '{"objects": [{"box": [40, 60, 200, 220]}]}')
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    bar = ProgressBar()
+    try:
+        info = segment_to_files(SamSegmenter(args.segment_model, args.device, args.dtype),
+                                _read_input(args.image, "image"), prompts.model_dump(), out, out.with_suffix(".json"),
+                                ProgressTracker(segment.SEGMENT_PLAN, bar), max_pixels=args.max_pixels)
+    finally:
+        bar.close()
+    print(out)
+    print(out.with_suffix(".json"))
+    for entry in info["segments"]:
+        source = "" if entry["prompt"] is None else f" (prompt {entry['prompt']})"
+        print(f"segment {entry['id']}{source}: score {entry['score']:.3f}, {entry['area']} pixels, box {entry['box']}")
+    for entry in info["dropped"]:
+        print(f"dropped{'' if entry['prompt'] is None else ' prompt ' + str(entry['prompt'])}: {entry['reason']}")
     return 0
 
 
@@ -168,9 +206,13 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 
 def cmd_make_tiny_package(args: argparse.Namespace) -> int:
+    from . import segment
     from .engine.packages.tiny import write_tiny_package
 
     print(write_tiny_package(args.directory, seed=args.seed, release_sizes=args.release_sizes))
+    if not segment.available():
+        print(f"note: no sam/ segmentation model was written ({', '.join(segment.missing())} not installed; "
+              f"{segment.INSTALL_HINT})")
     return 0
 
 
@@ -230,8 +272,25 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--job-timeout", type=float, default=3600, help="seconds after which a running job fails")
     srv.add_argument("--keep-days", type=float, default=14, help="delete finished jobs after this (0 = never)")
     srv.add_argument("--keep-gb", type=float, default=50, help="delete oldest finished jobs above this (0 = never)")
+    srv.add_argument("--segment-model", default=None,
+                     help=f"SAM for /v1/segment: Hugging Face repo id or folder (default: the --model folder's sam/ "
+                          f"if it has one, else {DEFAULT_SEGMENT_MODEL}); loaded on the first segment job")
     _add_runtime_options(srv)
     srv.set_defaults(func=cmd_serve)
+
+    seg = sub.add_parser("segment", help="segment an image with SAM into a palette label map (needs [segment])")
+    seg.add_argument("--image", required=True, help="the image (PNG, JPEG, ...)")
+    mode = seg.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--prompts", help="a JSON file as POST /v1/segment takes: {\"objects\": [{\"box\": [x0, y0, "
+                                        "x1, y1], \"points\": [[x, y]], \"negative\": [[x, y]]}], ...}")
+    mode.add_argument("--auto", action="store_true", help="find the objects over a grid of points")
+    seg.add_argument("--points-per-side", type=int, default=16, help="--auto: grid points per side (4..64)")
+    seg.add_argument("--out", required=True, help="the label map to write (PNG); its segments go to <out>.json")
+    seg.add_argument("--segment-model", default=DEFAULT_SEGMENT_MODEL,
+                     help=f"SAM: Hugging Face repo id or folder (default {DEFAULT_SEGMENT_MODEL})")
+    seg.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (pixels)")
+    _add_runtime_options(seg, attention=False)
+    seg.set_defaults(func=cmd_segment)
 
     par = sub.add_parser("parity", help="check our networks against reference golden vectors")
     par.add_argument("files", nargs="+", type=Path, help="vector files (X.safetensors with an X.json sidecar)")

@@ -72,6 +72,12 @@ class TooLargeError(ISceneError):
     code = "too_large"
 
 
+class NotInstalledError(ISceneError):
+    """An optional feature whose Python dependencies are not installed."""
+
+    code = "not_installed"
+
+
 class UnavailableError(ISceneError):
     """The server cannot take the request now (model failed to load, queue full)."""
 

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -472,3 +473,57 @@ def test_disable_during_a_job_stops_its_worker(bpy, addon, inputs, server):
     finally:
         enable_addon()
     assert server.wait(job.server_id, timeout=60)["state"] == "cancelled", "the server stops the abandoned job"
+
+
+class RecordingLayout:
+    """Stands in for ``UILayout`` (headless Blender draws no panels): records what a panel draws and checks that
+    every property and operator it names exists."""
+
+    def __init__(self, bpy, drawn: list):
+        self.bpy, self.drawn = bpy, drawn
+
+    def _nested(self, *args, **kwargs):
+        return RecordingLayout(self.bpy, self.drawn)
+
+    row = column = box = _nested
+
+    def label(self, text="", icon="NONE"):
+        self.drawn.append(("label", text))
+
+    def prop(self, data, name, **kwargs):
+        assert name in data.bl_rna.properties, f"{data!r} has no property {name!r}"
+        self.drawn.append(("prop", name))
+
+    def operator(self, idname, **kwargs):
+        group, name = idname.split(".")
+        assert hasattr(getattr(self.bpy.ops, group), name), f"no operator {idname}"
+        self.drawn.append(("operator", idname))
+        return SimpleNamespace()
+
+    def progress(self, text="", factor=0.0, type="BAR"):
+        assert 0.0 <= factor <= 1.0
+        self.drawn.append(("progress", text))
+
+
+def test_the_panels_draw_every_control(bpy, addon, inputs):
+    job = generate(bpy, addon)
+    running = addon.jobs.Job("generate", "busy", "Scene", Path("."), state="running", stage="stage 1", step=3,
+                             total=25, progress=0.1, eta_s=75.0)
+    failed = addon.jobs.Job("segment", "broken", "Scene", Path("."), state="failed", message="it broke", hint="fix")
+    addon.pump.RUNTIME.jobs.update({running.key: running, failed.key: failed})
+    addon.pump.RUNTIME.health = {"state": "ready", "device": "cpu", "model": "tiny", "models": None,
+                                 "segment": {"available": False}}
+    addon.pump.RUNTIME.health_checked = time.time()
+    select_only(bpy, instances(bpy, addon, job)[1])
+    drawn_by = {}
+    for panel in (addon.panel.VIEW3D_PT_iscene, addon.panel.IMAGE_PT_iscene):
+        drawn = drawn_by[panel.bl_space_type] = []
+        panel.draw(SimpleNamespace(layout=RecordingLayout(bpy, drawn)), bpy.context)
+        texts = [text for kind, text in drawn if kind in ("label", "progress")]
+        assert "Ready: tiny on cpu" in texts and "2 instances in the label map" in texts
+        assert "stage 1 3/25 · ETA 1:15" in texts and "it broke" in texts and "fix" in texts
+        assert any("pip install iscene-server[segment]" in text for text in texts)
+        assert {("operator", "iscene.generate"), ("operator", "iscene.segment"), ("operator", "iscene.cancel"),
+                ("operator", "iscene.retry"), ("operator", "iscene.copy_error")} <= set(drawn)
+    assert {("operator", "iscene.regenerate"), ("operator", "iscene.refine"), ("prop", "iscene_locked")} <= set(
+        drawn_by["VIEW_3D"]), "the 3D View's panel edits the active generated object"

@@ -10,23 +10,38 @@ from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, UploadFile
 from fastapi.responses import FileResponse
-from pydantic import ValidationError
 
-from .. import __version__
-from ..engine.preprocess import DEFAULT_MAX_PIXELS, load_scene
+from .. import __version__, segment
+from ..engine.preprocess import DEFAULT_MAX_PIXELS, load_scene, open_image
 from ..engine.results import read_manifest
 from ..errors import InputError, NotFoundError
-from ..jobs.runner import refine_edit
-from ..jobs.service import JobService
+from ..jobs.runner import SEGMENTS_JSON, refine_edit
+from ..jobs.service import SCENE_KINDS, JobService
+from ..segment.prompts import parse_prompts
 from . import errors
-from .schemas import ErrorResponse, GenerationParams, Health, JobCreated, JobList, JobStatus, RefineBody, RegenerateBody
+from .schemas import (
+    ErrorResponse,
+    GenerationParams,
+    Health,
+    JobCreated,
+    JobList,
+    JobStatus,
+    RefineBody,
+    RegenerateBody,
+    SegmentPrompts,
+    Segments,
+    parse_json_field,
+)
 from .security import BodyLimit, token_checker
 
-FILE_NAME = re.compile(r"^(instance_\d{1,10}\.(glb|ply)|scene\.glb|scene\.json|structure\.npz)$")
+FILE_NAME = re.compile(r"^(instance_\d{1,10}\.(glb|ply)|scene\.glb|scene\.json|structure\.npz|labels\.png|"
+                       r"segments\.json)$")
 MEDIA_TYPES = {".glb": "model/gltf-binary", ".ply": "application/octet-stream", ".json": "application/json",
-               ".npz": "application/octet-stream"}
+               ".npz": "application/octet-stream", ".png": "image/png"}
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 503)}
 JOB_ID = Path(..., description="a job id as returned by POST /v1/jobs")
+PARAMS_EXAMPLE = '{"seed": 7, "detail": "high"}'
+PROMPTS_EXAMPLE = '{"objects": [{"box": [40, 60, 200, 220]}, {"points": [[320, 140]]}]} or {"auto": true}'
 
 
 def create_app(service: JobService, *, token: str | None = None, max_upload_bytes: int = 64 * 2 ** 20,
@@ -57,7 +72,7 @@ def create_app(service: JobService, *, token: str | None = None, max_upload_byte
     def create_job(image: UploadFile = File(..., description="the scene image (PNG, JPEG, ...)"),
                    labels: UploadFile = File(..., description="the instance label map, same framing"),
                    params: str = Form("{}", description="GenerationParams as JSON")):
-        parsed = _parse_params(params)
+        parsed = parse_json_field(params, GenerationParams, "params", PARAMS_EXAMPLE)
         inputs = {"image": image.file.read(), "labels": labels.file.read()}
         scene = load_scene(inputs["image"], inputs["labels"], max_pixels=max_pixels)
         _check_labels(parsed.labels or [], scene.label_ids, "the label map")
@@ -74,10 +89,30 @@ def create_app(service: JobService, *, token: str | None = None, max_upload_byte
 
     @api.get("/jobs/{job_id}/scene", summary="the scene manifest of a finished job")
     def get_scene(job_id: str = JOB_ID) -> dict:
-        service.require_finished(job_id)
+        service.require_finished(job_id, SCENE_KINDS)
         return read_manifest(service.store.folder(job_id))
 
-    @api.get("/jobs/{job_id}/files/{name}", summary="a result file (GLB, PLY, manifest, structure)",
+    @api.post("/segment", status_code=202, response_model=JobCreated,
+              responses={501: {"model": ErrorResponse, "description": "the [segment] extra is not installed"}},
+              summary="segment objects with SAM: one mask per box/point prompt, or automatic (a job)")
+    def create_segment_job(image: UploadFile = File(..., description="the image (PNG, JPEG, ...)"),
+                           prompts: str = Form(..., description="SegmentPrompts as JSON (image pixels, origin "
+                                                                "top-left, y down)")):
+        segment.require()
+        parsed = parse_json_field(prompts, SegmentPrompts, "prompts", PROMPTS_EXAMPLE)
+        data = image.file.read()
+        size = open_image(data, what="image", max_pixels=max_pixels).size
+        parse_prompts(parsed.model_dump(), size)  # bad prompts fail now, not in the queue
+        record = service.submit("segment", parsed.model_dump(), {"image": data})
+        return {"job_id": record.id, "state": record.state}
+
+    @api.get("/jobs/{job_id}/segments", response_model=Segments,
+             summary="segments.json of a finished segment job (the ids of files/labels.png)")
+    def get_segments(job_id: str = JOB_ID) -> dict:
+        service.require_finished(job_id, ("segment",))
+        return json.loads((service.store.folder(job_id) / SEGMENTS_JSON).read_text())
+
+    @api.get("/jobs/{job_id}/files/{name}", summary="a result file (GLB, PLY, manifest, structure, labels.png)",
              response_class=FileResponse)
     def get_file(job_id: str = JOB_ID, name: str = Path(..., description="e.g. instance_3.glb, scene.glb")):
         service.require_finished(job_id)
@@ -90,7 +125,7 @@ def create_app(service: JobService, *, token: str | None = None, max_upload_byte
     @api.post("/jobs/{job_id}/regenerate", status_code=202, response_model=JobCreated,
               summary="re-sample some instances with new seeds (a child job)")
     def regenerate(body: RegenerateBody, job_id: str = JOB_ID):
-        parent = service.require_finished(job_id)
+        parent = service.require_finished(job_id, SCENE_KINDS)
         manifest = read_manifest(service.store.folder(job_id))
         _check_labels(body.labels, [e["label"] for e in manifest["instances"]], f"job {job_id}")
         seeds = {label: (body.seeds or {}).get(label, secrets.randbelow(2 ** 31)) for label in body.labels}
@@ -101,7 +136,7 @@ def create_app(service: JobService, *, token: str | None = None, max_upload_byte
     @api.post("/jobs/{job_id}/refine", status_code=202, response_model=JobCreated,
               summary="re-generate the scene coherently with edited transforms (a child job)")
     def refine(body: RefineBody, job_id: str = JOB_ID):
-        parent = service.require_finished(job_id)
+        parent = service.require_finished(job_id, SCENE_KINDS)
         params = {"transforms": {str(k): v for k, v in body.transforms.items()}, "locked": body.locked,
                   "strength": body.strength, "seed": secrets.randbelow(2 ** 31) if body.seed is None else body.seed,
                   "parent_params": parent.params}
@@ -114,21 +149,6 @@ def create_app(service: JobService, *, token: str | None = None, max_upload_byte
     app.include_router(public)
     app.include_router(api)
     return app
-
-
-def _parse_params(text: str) -> GenerationParams:
-    try:
-        data = json.loads(text or "{}")
-    except json.JSONDecodeError as exc:
-        raise InputError(f"params is not valid JSON ({exc.msg} at position {exc.pos})",
-                         'send params as a JSON object, e.g. {"seed": 7, "detail": "high"}') from None
-    if not isinstance(data, dict):
-        raise InputError("params must be a JSON object", 'e.g. {"seed": 7}')
-    try:
-        return GenerationParams(**data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-        raise InputError(f"invalid params: {problems}", "see GenerationParams in /docs") from None
 
 
 def _check_labels(wanted: list[int], available: list[int], where: str) -> None:

@@ -16,6 +16,7 @@ from ..errors import (
     ISceneError,
     ModelPackageError,
     NotFoundError,
+    NotInstalledError,
     StateError,
     TooLargeError,
     UnavailableError,
@@ -24,7 +25,7 @@ from ..errors import (
 log = logging.getLogger("iscene.api")
 
 STATUS = {InputError: 400, AuthError: 401, NotFoundError: 404, StateError: 409, Cancelled: 409,
-          TooLargeError: 413, UnavailableError: 503, ModelPackageError: 503}
+          TooLargeError: 413, NotInstalledError: 501, UnavailableError: 503, ModelPackageError: 503}
 
 
 def error_response(status: int, code: str, message: str, hint: str, headers: dict | None = None) -> JSONResponse:

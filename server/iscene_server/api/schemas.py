@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ..errors import InputError
+from ..segment.prompts import SegmentRequest
 
 Label = int
 
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def parse_json_field(text: str, model: type[Body], name: str, example: str) -> Body:
+    """A JSON form field (``params``, ``prompts``) as ``model``; every problem is an :class:`InputError`
+    naming the field, with ``example`` (a JSON object) in the hint."""
+    try:
+        data = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{name} is not valid JSON ({exc.msg} at position {exc.pos})",
+                         f"send {name} as a JSON object, e.g. {example}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{name} must be a JSON object", f"e.g. {example}")
+    try:
+        return model(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise InputError(f"invalid {name}: {problems}", f"see {model.__name__} in /docs") from None
 
 
 class GenerationParams(StrictModel):
@@ -50,6 +74,67 @@ class RefineBody(StrictModel):
     locked: list[Label] = Field(default_factory=list, max_length=100, description="instances kept exactly")
     strength: float = Field(0.5, ge=0, le=1, description="0 keeps the moved shapes, 1 re-generates from noise")
     seed: int | None = Field(None, ge=0, le=2 ** 31 - 1, description="noise seed (default: random)")
+
+
+Point = tuple[float, float]
+
+
+class FiniteModel(StrictModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class SegmentObject(FiniteModel):
+    """One object to segment: a box and/or positive points, optionally negative points."""
+
+    box: tuple[float, float, float, float] | None = Field(
+        None, description="[x0, y0, x1, y1] in image pixels (origin top-left, y down); clipped to the image")
+    points: list[Point] = Field(default_factory=list, max_length=64, description="[[x, y], ...] on the object")
+    negative: list[Point] = Field(default_factory=list, max_length=64, description="[[x, y], ...] not on it")
+
+
+class SegmentPrompts(FiniteModel):
+    """The ``prompts`` JSON of ``POST /v1/segment``: ``objects`` (one mask each, at most 255) or ``auto``."""
+
+    objects: list[SegmentObject] = Field(default_factory=list, description="one mask per object, ids in this order")
+    auto: bool = Field(False, description="find the objects over a grid of points instead of prompts")
+    points_per_side: int = Field(SegmentRequest.points_per_side, ge=4, le=64,
+                                 description="auto: grid points per image side")
+    min_area: float = Field(SegmentRequest.min_area, ge=0, le=1,
+                            description="drop connected fragments smaller than this fraction of the image")
+    fill_holes: bool = Field(SegmentRequest.fill_holes, description="fill background holes inside each mask")
+    min_score: float = Field(SegmentRequest.min_score, ge=0, le=1, description="auto: least predicted IoU of a mask")
+    min_stability: float = Field(SegmentRequest.min_stability, ge=0, le=1,
+                                 description="auto: least stability score of a mask")
+
+
+class Segment(BaseModel):
+    id: int = Field(..., description="the label map's palette index (1..255)")
+    score: float = Field(..., description="the model's predicted IoU of the mask")
+    area: int = Field(..., description="pixels")
+    box: list[int] = Field(..., description="[x0, y0, x1, y1], inclusive-exclusive pixel bounds of the mask")
+    colour: list[int] = Field(..., description="[r, g, b] of the id in the PNG palette")
+    prompt: int | None = Field(..., description="index into objects (null in auto mode)")
+
+
+class DroppedSegment(BaseModel):
+    prompt: int | None
+    reason: str
+
+
+class Segments(BaseModel):
+    """``segments.json`` of a finished segment job (``labels.png`` holds the ids)."""
+
+    image_size: list[int] = Field(..., description="[width, height]")
+    mode: Literal["prompts", "auto"]
+    model: str
+    segments: list[Segment]
+    dropped: list[DroppedSegment]
+
+
+class SegmentHealth(BaseModel):
+    available: bool = Field(..., description="the [segment] extra is installed")
+    model: str
+    loaded: bool
 
 
 class ErrorBody(BaseModel):
@@ -104,3 +189,4 @@ class Health(BaseModel):
     queue_length: int
     running: str | None
     vram: dict | None
+    segment: SegmentHealth | None = None

@@ -5,6 +5,8 @@
   the parent's scene seed; every other instance's files are copied from the parent byte for byte.
 * ``refine``: a child of a finished job, re-generated coherently with the artist's edits
   (:mod:`iscene_server.engine.refine.scene`); locked and unchanged instances are copied byte for byte.
+* ``segment``: SAM on the uploaded image with the job's prompts (:mod:`iscene_server.segment`): ``labels.png``
+  (a palette label map) and ``segments.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from ..engine.refine.scene import ParentScene, Refiner, check_edit
 from ..engine.results import SceneWriter, file_digest, read_manifest
 
 DETAIL_FACES = {"low": 15_000, "medium": 50_000, "high": 200_000}
+LABELS_PNG, SEGMENTS_JSON = "labels.png", "segments.json"
 
 
 def request_from_params(params: dict, **overrides) -> GenerationRequest:
@@ -84,3 +87,10 @@ def run_refine(pipeline: ScenePipeline, folder: Path, parent_folder: Path, param
                         "transforms": {str(k): v.tolist() for k, v in sorted(edit.transforms.items())}}}
     writer = SceneWriter(folder, scene_header(pipeline, inputs), parent.manifest)
     return writer.write_scene(result, keep_scene_slot=result.scene_latent is None, notes=notes)
+
+
+def run_segment(segmenter, folder: Path, params: dict, inputs: dict[str, bytes], tracker: ProgressTracker) -> dict:
+    """``params`` are the schema-checked prompts (``SegmentPrompts``); ``segmenter`` a ``SamSegmenter``."""
+    from ..segment.pipeline import segment_to_files  # needs the optional [segment] dependencies
+
+    return segment_to_files(segmenter, inputs["image"], params, folder / LABELS_PNG, folder / SEGMENTS_JSON, tracker)

@@ -13,15 +13,23 @@ from pathlib import Path
 
 import torch
 
-from .. import __version__
+from .. import __version__, segment
 from ..engine.packages.layouts import PACKAGE_ROLES
 from ..engine.pipeline import GENERATE_PLAN, ScenePipeline
 from ..engine.progress import ProgressTracker, ProgressUpdate
 from ..errors import Cancelled, ISceneError, StateError, UnavailableError
-from .runner import run_generate, run_refine, run_regenerate
+from ..segment.model import SamSegmenter, default_segment_model
+from .runner import run_generate, run_refine, run_regenerate, run_segment
 from .store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
 log = logging.getLogger("iscene.jobs")
+
+SCENE_KINDS = ("generate", "regenerate", "refine")  # jobs that need the I-Scene model and make a scene
+# Jobs that take seconds while an artist waits: they run before every queued scene job (FIFO among themselves),
+# and need neither the I-Scene model nor its loading to have finished.
+PRIORITY_KINDS = ("segment",)
+PLANS = {"segment": segment.SEGMENT_PLAN}
+
 
 @dataclass
 class ServiceSettings:
@@ -33,6 +41,7 @@ class ServiceSettings:
     job_timeout_s: float = 3600.0
     max_age_days: float | None = 14.0
     max_store_gb: float | None = 50.0
+    segment_model: str | None = None  # SAM repo id or folder; None: <model>/sam if there is one, else SAM ViT-B
 
 
 @dataclass
@@ -56,11 +65,13 @@ class JobService:
         self._stopping = False
         self._threads: list[threading.Thread] = []
         self._model_ready = threading.Event()
+        self.segment_model = settings.segment_model or default_segment_model(settings.model)
+        self._segmenter = None  # built and loaded by the worker on the first segment job
 
     # --- life cycle -----------------------------------------------------------------------------------
     def start(self) -> None:
         for record in self.store.recover():
-            self._enqueue(record.id)
+            self._enqueue(record)
         self._prune()
         for target, name in ((self._load_model, "iscene-model-loader"), (self._work, "iscene-worker")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -103,7 +114,9 @@ class JobService:
                 "models": pipeline.package.model_ids() if pipeline else None,
                 "device": str(pipeline.device) if pipeline else self.settings.device,
                 "dtype": str(pipeline.models.dtype).removeprefix("torch.") if pipeline else self.settings.dtype,
-                "queue_length": len(self._queue), "running": self._running}
+                "queue_length": len(self._queue), "running": self._running,
+                "segment": {"available": segment.available(), "model": self.segment_model,
+                            "loaded": self._segmenter is not None and self._segmenter.loaded}}
         if torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info()
             info["vram"] = {"free_mb": free // 2 ** 20, "total_mb": total // 2 ** 20,
@@ -113,20 +126,24 @@ class JobService:
         return info
 
     def submit(self, kind: str, params: dict, inputs: dict[str, bytes], parent: str | None = None) -> JobRecord:
-        if self.model.state == "error":
+        if kind in SCENE_KINDS and self.model.state == "error":
             raise UnavailableError(f"the model could not be loaded: {self.model.message}",
                                    (self.model.error or {}).get("hint", "restart the server with a working --model"))
         if len(self._queue) >= self.settings.max_queue:
             raise UnavailableError(f"the queue is full ({len(self._queue)} jobs waiting)",
                                    "wait for queued jobs to finish, or cancel some")
         record = self.store.create(kind, params, inputs, parent)
-        self._enqueue(record.id)
+        self._enqueue(record)
         return record
 
-    def _enqueue(self, job_id: str) -> None:
+    def _enqueue(self, record: JobRecord) -> None:
         with self._wake:
-            self._cancel[job_id] = threading.Event()
-            self._queue.append(job_id)
+            self._cancel[record.id] = threading.Event()
+            if record.kind in PRIORITY_KINDS:  # behind the queued priority jobs, ahead of everything else
+                ahead = sum(1 for job_id in self._queue if self.store.get(job_id).kind in PRIORITY_KINDS)
+                self._queue.insert(ahead, record.id)
+            else:
+                self._queue.append(record.id)
             self._wake.notify_all()
 
     def status(self, job_id: str) -> dict:
@@ -156,8 +173,13 @@ class JobService:
             self._cancel.setdefault(job_id, threading.Event()).set()
         return self.status(job_id)
 
-    def require_finished(self, job_id: str) -> JobRecord:
+    def require_finished(self, job_id: str, kinds: tuple[str, ...] | None = None) -> JobRecord:
+        """The record of a succeeded job (of one of ``kinds``, when given), else :class:`StateError`."""
         record = self.store.get(job_id)
+        if kinds is not None and record.kind not in kinds:
+            wanted = "a scene job" if kinds == SCENE_KINDS else f"a {' or '.join(kinds)} job"
+            where = "GET /v1/jobs/{id}/segments" if record.kind == "segment" else "GET /v1/jobs/{id}/scene"
+            raise StateError(f"job {job_id} is a {record.kind} job, not {wanted}", f"its results are at {where}")
         if record.state != SUCCEEDED:
             raise StateError(f"job {job_id} is {record.state}, not succeeded",
                              "poll GET /v1/jobs/{id} until its state is succeeded")
@@ -172,7 +194,8 @@ class JobService:
                 if self._stopping:
                     return
                 job_id = self._queue.popleft()
-            self._model_ready.wait()
+            if self.store.get(job_id).kind in SCENE_KINDS:
+                self._model_ready.wait()
             if not self._stopping:
                 self._run(job_id)
 
@@ -183,10 +206,11 @@ class JobService:
             return
         record = self.store.update(job_id, state=RUNNING, started=time.time())
         self._running = job_id
-        tracker = ProgressTracker(GENERATE_PLAN, lambda update: self._live.__setitem__(job_id, update), cancel,
+        tracker = ProgressTracker(PLANS.get(record.kind, GENERATE_PLAN),
+                                  lambda update: self._live.__setitem__(job_id, update), cancel,
                                   time_limit_s=self.settings.job_timeout_s)
         try:
-            if self.model.pipeline is None:
+            if record.kind in SCENE_KINDS and self.model.pipeline is None:
                 raise UnavailableError(f"the model could not be loaded: {self.model.message}",
                                        "restart the server with a working --model")
             self._execute(record, tracker)
@@ -216,8 +240,17 @@ class JobService:
             run_regenerate(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker)
         elif record.kind == "refine":
             run_refine(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker)
+        elif record.kind == "segment":
+            run_segment(self._segmentation_model(), folder, record.params, inputs, tracker)
         else:
             raise ValueError(f"unknown job kind {record.kind!r}")
+
+    def _segmentation_model(self) -> SamSegmenter:
+        """The SAM segmenter, made on first use (on the worker thread; it loads its weights on its first job)."""
+        segment.require()
+        if self._segmenter is None:
+            self._segmenter = SamSegmenter(self.segment_model, self.settings.device, self.settings.dtype)
+        return self._segmenter
 
     @staticmethod
     def _unexpected(exc: Exception) -> dict:

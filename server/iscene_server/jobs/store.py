@@ -1,5 +1,6 @@
 """Every job in its own folder under ``<data dir>/jobs/<id>/``: ``job.json`` (the record), ``inputs/`` (the
-uploaded image and label map, stored under fixed names), and the scene files the job produced.
+uploaded image and label map — a segment job has only the image —, stored under fixed names), and the files the
+job produced.
 
 Records are rewritten atomically, so a crash never leaves a half-written ``job.json``. After a restart,
 finished jobs are listed and downloadable as before, queued jobs are queued again, and jobs that were running
@@ -30,7 +31,7 @@ RECORD = "job.json"
 @dataclass
 class JobRecord:
     id: str
-    kind: str  # generate | regenerate | refine
+    kind: str  # generate | regenerate | refine | segment
     state: str = QUEUED
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -86,7 +87,8 @@ class JobStore:
         folder = self.root / record.id
         (folder / "inputs").mkdir(parents=True)
         for name in INPUT_NAMES:
-            (folder / "inputs" / name).write_bytes(inputs[name])
+            if name in inputs:
+                (folder / "inputs" / name).write_bytes(inputs[name])
         with self._lock:
             self._write(record)
             self._records[record.id] = record
@@ -94,7 +96,7 @@ class JobStore:
 
     def input_bytes(self, job_id: str) -> dict[str, bytes]:
         folder = self.folder(job_id) / "inputs"
-        return {name: (folder / name).read_bytes() for name in INPUT_NAMES}
+        return {name: (folder / name).read_bytes() for name in INPUT_NAMES if (folder / name).is_file()}
 
     def update(self, job_id: str, **changes) -> JobRecord:
         with self._lock:

@@ -16,7 +16,7 @@ class MissingPackageFile(ModelPackageError):
     """The package (local or on the hub) exists but lacks this file."""
 
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class PackageSource:
@@ -34,7 +34,7 @@ class PackageSource:
         elif local.exists():
             raise ModelPackageError(f"model package {self.spec} is a file, not a folder",
                                     "pass the folder that holds the package's config files")
-        elif _REPO_ID.match(self.spec):
+        elif REPO_ID.match(self.spec):
             self.local_root, self.repo_id = None, self.spec
         else:
             raise ModelPackageError(f"model package {self.spec!r} is neither a folder nor a Hugging Face repo id",

@@ -16,10 +16,12 @@ import torch.nn as nn
 import yaml
 from safetensors.torch import save_file
 
+from ... import segment
 from ...nn.precision import TorsoPrecision
 from ...nn.registry import build_network
 from ...nn.slat_mesh_decoder import MESH_CHANNELS, SLatMeshDecoder
 from ...nn.ss_decoder import SparseStructureDecoder
+from ...segment.model import PACKAGE_FOLDER
 from .layouts import ISCENE_CONFIG_JSON, PIPELINE_JSON, SS_ENCODER_STEM
 
 BASE_DIR = "trellis-image-tiny"
@@ -161,6 +163,8 @@ def write_tiny_package(directory: str | Path, seed: int = SEED, release_sizes: b
 
     ``release_sizes`` writes the same random-weight package at the release's sizes instead (about 4.6 GB,
     minutes on a CPU): full-size timing and memory figures without downloading the real weights.
+    With the ``[segment]`` extra installed, a seeded SAM goes into ``DIR/sam`` (the server's default
+    segmentation model for this package); without it that folder is left out.
     """
     root = Path(directory)
     base = root / BASE_DIR
@@ -202,4 +206,7 @@ def write_tiny_package(directory: str | Path, seed: int = SEED, release_sizes: b
         "denoiser_checkpoint": "ckpts/iscene_denoiser.pt",
         "image_conditioner_checkpoint": "ckpts/iscene_image_conditioner.pt",
     }, indent=4))
+    if segment.available():
+        from ...segment.tiny import write_tiny_sam
+        write_tiny_sam(root / PACKAGE_FOLDER, seed + 200, release_sizes)
     return root
