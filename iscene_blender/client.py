@@ -43,6 +43,14 @@ def multipart(files: dict[str, tuple[str, bytes]], fields: dict[str, str]) -> tu
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
 
+def _parse(data: bytes):
+    """The JSON in a response body ({} when empty), or None when it is not JSON."""
+    try:
+        return json.loads(data) if data else {}
+    except ValueError:
+        return None
+
+
 class Client:
     def __init__(self, base_url: str, token: str = "", timeout: float = 10.0, download_timeout: float = 120.0):
         self.base_url = base_url.rstrip("/")
@@ -77,10 +85,7 @@ class Client:
               require: tuple[str, ...] = ()) -> dict:
         """The JSON object the server answered, which must hold the ``require`` keys."""
         status, data, _ = self._request(method, path, body, content_type)
-        try:
-            payload = json.loads(data) if data else {}
-        except ValueError:
-            payload = None
+        payload = _parse(data)
         if status >= 400:
             raise self._error(status, payload)
         if not isinstance(payload, dict) or any(key not in payload for key in require):
@@ -132,11 +137,7 @@ class Client:
         status, data, _ = self._request("GET", f"{API}/jobs/{quote(job_id)}/files/{quote(name)}",
                                         timeout=self.download_timeout)
         if status >= 400:
-            try:
-                payload = json.loads(data)
-            except ValueError:
-                payload = None
-            raise self._error(status, payload)
+            raise self._error(status, _parse(data))
         return data
 
     def _post_json(self, path: str, payload: dict) -> dict:

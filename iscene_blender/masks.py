@@ -15,6 +15,7 @@ and (1, 1) its top-right.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,28 @@ import bpy
 LABEL_MAP = "iscene_label_map"  # on a source image: its label map (an ID pointer)
 SOURCE = "iscene_source"  # on a label map: the name of the image it was made for
 DOT_PIXELS = 6.0  # a stroke whose extent is at most this (or 1% of the image diagonal) is a click
+REFRESH_S = 0.5  # while an image is being painted, values computed from its pixels are refreshed this often
+
+
+class PixelCache:
+    """Values computed from an image's pixels (instance count, overlay texture), kept per image and recomputed
+    when it changes; while it is being painted (dirty), at most every ``REFRESH_S`` seconds."""
+
+    def __init__(self):
+        self._entries: dict[str, tuple[tuple, object, float]] = {}
+
+    def get(self, image, compute, *settings):
+        signature = (tuple(image.size), image.is_dirty, *settings)
+        entry = self._entries.get(image.name)
+        now = time.monotonic()
+        if entry and entry[0] == signature and (not image.is_dirty or now - entry[2] < REFRESH_S):
+            return entry[1]
+        value = compute()
+        self._entries[image.name] = (signature, value, now)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 @dataclass(frozen=True)
@@ -89,15 +112,19 @@ def annotation_for(context, image, name: str = ""):
     if name:
         return bpy.data.grease_pencils.get(name)
     space = getattr(context, "space_data", None)
-    if space is not None and space.type == "IMAGE_EDITOR" and space.image == image and space.grease_pencil:
-        return space.grease_pencil
+    spaces = [space] if space is not None and space.type == "IMAGE_EDITOR" else []
+    for space in spaces + list(image_editors(context)):
+        if space.image == image and space.grease_pencil is not None:
+            return space.grease_pencil
+    return None
+
+
+def image_editors(context):
+    """The spaces of every Image Editor open in Blender's windows (none in a headless Blender)."""
     for window in getattr(context.window_manager, "windows", []):
         for area in window.screen.areas:
             if area.type == "IMAGE_EDITOR":
-                space = area.spaces.active
-                if space.image == image and space.grease_pencil is not None:
-                    return space.grease_pencil
-    return None
+                yield area.spaces.active
 
 
 def linked_label_map(image):

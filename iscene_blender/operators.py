@@ -296,11 +296,7 @@ def active_image(context) -> bpy.types.Image | None:
     obj = context.active_object
     if obj is not None and obj.type == "EMPTY" and obj.empty_display_type == "IMAGE" and obj.data is not None:
         return obj.data
-    for window in getattr(context.window_manager, "windows", []):
-        for area in window.screen.areas:
-            if area.type == "IMAGE_EDITOR" and area.spaces.active.image is not None:
-                return area.spaces.active.image
-    return None
+    return next((space.image for space in masks.image_editors(context) if space.image is not None), None)
 
 
 class ISCENE_OT_load_label_map(bpy.types.Operator, ImportHelper):
@@ -356,12 +352,4 @@ CLASSES = (ISCENE_OT_generate, ISCENE_OT_segment, ISCENE_OT_regenerate, ISCENE_O
            ISCENE_OT_retry, ISCENE_OT_open_folder, ISCENE_OT_copy_error, ISCENE_OT_check_server,
            ISCENE_OT_use_active_image, ISCENE_OT_load_label_map, ISCENE_OT_start_server, ISCENE_OT_stop_server)
 
-
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -3,22 +3,19 @@ which object while segmenting or painting the map.
 
 The Image Editor's view space is normalised over the image ((0, 0) bottom-left, (1, 1) top-right), so one
 textured quad over the unit square lands exactly on the image at any zoom. Black (background) is transparent.
-The texture is rebuilt when the map changes; while it is being painted, at most every ``REFRESH_S`` seconds.
+The texture is rebuilt when the map changes; while it is being painted, at most every ``masks.REFRESH_S``.
 """
 
 from __future__ import annotations
 
-import time
-
 import bpy
 import numpy as np
 
-from .masks import linked_label_map
+from .masks import PixelCache, linked_label_map
 
-REFRESH_S = 0.5
 QUAD = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
 _handle = None
-_textures: dict[str, tuple[tuple, object, float]] = {}  # label map name -> (signature, GPU texture, built at)
+_textures = PixelCache()
 
 
 def overlay_pixels(labels: bpy.types.Image, opacity: float) -> np.ndarray:
@@ -42,16 +39,13 @@ def shown_label_map(space, settings):
 
 def _texture(labels, opacity: float):
     import gpu
-    signature = (labels.name, tuple(labels.size), labels.is_dirty, round(opacity, 3))
-    cached = _textures.get(labels.name)
-    now = time.monotonic()
-    if cached and cached[0] == signature and (not labels.is_dirty or now - cached[2] < REFRESH_S):
-        return cached[1]
-    width, height = labels.size
-    buffer = gpu.types.Buffer("FLOAT", width * height * 4, overlay_pixels(labels, opacity))
-    texture = gpu.types.GPUTexture((width, height), format="RGBA16F", data=buffer)
-    _textures[labels.name] = (signature, texture, now)
-    return texture
+
+    def build():
+        width, height = labels.size
+        buffer = gpu.types.Buffer("FLOAT", width * height * 4, overlay_pixels(labels, opacity))
+        return gpu.types.GPUTexture((width, height), format="RGBA16F", data=buffer)
+
+    return _textures.get(labels, build, round(opacity, 3))
 
 
 def draw() -> None:

@@ -166,12 +166,4 @@ class IMAGE_PT_iscene(SidebarPanel, bpy.types.Panel):
 
 CLASSES = (VIEW3D_PT_iscene, IMAGE_PT_iscene)
 
-
-def register():
-    for cls in CLASSES:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(CLASSES):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -7,26 +7,24 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty
 
-from .masks import linked_label_map
+from .masks import PixelCache, linked_label_map
 
-_LABEL_COUNTS: dict[tuple, int] = {}
+_LABEL_COUNTS = PixelCache()
 
 
 def label_count(image) -> int:
-    """Distinct non-zero colours of a label-map image (cached per image name, size and pixel checksum)."""
-    if image is None or not image.has_data and not image.size[0]:
+    """Distinct non-zero colours of a label-map image (what the server will count as instances)."""
+    if image is None or not image.size[0] or not image.size[1]:
         return 0
+    return _LABEL_COUNTS.get(image, lambda: _count_colours(image))
+
+
+def _count_colours(image) -> int:
     width, height = image.size
-    if not width or not height:
-        return 0
-    key = (image.name, width, height, image.is_dirty)
-    if key not in _LABEL_COUNTS:
-        pixels = np.empty(width * height * 4, np.float32)
-        image.pixels.foreach_get(pixels)
-        rgb = np.round(pixels.reshape(-1, 4)[:, :3] * 255).astype(np.int64)
-        codes = np.unique(rgb[:, 0] + (rgb[:, 1] << 8) + (rgb[:, 2] << 16))
-        _LABEL_COUNTS[key] = int((codes != 0).sum())
-    return _LABEL_COUNTS[key]
+    pixels = np.empty(width * height * 4, np.float32)
+    image.pixels.foreach_get(pixels)
+    rgb = np.round(pixels.reshape(-1, 4)[:, :3] * 255).astype(np.int64)
+    return int((np.unique(rgb[:, 0] + (rgb[:, 1] << 8) + (rgb[:, 2] << 16)) != 0).sum())
 
 
 def _image_changed(settings, _context) -> None:

@@ -159,7 +159,7 @@ def test_segment_without_annotations_says_how_to_make_them(bpy, addon, inputs): 
     assert addon.pump.RUNTIME.jobs == jobs
 
 
-def test_a_painted_label_map_is_sent_as_painted(bpy, addon, clean_scene, tmp_path):
+def test_a_painted_label_map_is_sent_as_painted(bpy, addon, clean_scene, tmp_path, monkeypatch):
     """Painting makes the map dirty; Generate must send the painted pixels, not the file it was loaded from."""
     from iscene_server.engine.preprocess.images import decode_label_map
     ids = np.zeros((H, W), np.uint8)
@@ -172,6 +172,7 @@ def test_a_painted_label_map_is_sent_as_painted(bpy, addon, clean_scene, tmp_pat
     labels.colorspace_settings.name = "Non-Color"
     labels.pack()
     assert len(np.unique(decode_label_map(Image.open(io.BytesIO(addon.operators.image_bytes(labels)))))) == 3
+    assert addon.props.label_count(labels) == 2
 
     pixels = np.empty(W * H * 4, np.float32)
     labels.pixels.foreach_get(pixels)
@@ -179,6 +180,13 @@ def test_a_painted_label_map_is_sent_as_painted(bpy, addon, clean_scene, tmp_pat
     pixels[H - 230:H - 210, 10:40, :3] = (0.2, 0.8, 0.2)  # a third object, painted (rows are bottom-up)
     labels.pixels.foreach_set(pixels.ravel())
     assert labels.is_dirty
+    monkeypatch.setattr(addon.masks, "REFRESH_S", 0.0)
+    assert addon.props.label_count(labels) == 3, "the panel's count follows the paint"
+    pixels[5:15, 300:310, :3] = (0.9, 0.9, 0.1)  # a second stroke, on an image already dirty
+    labels.pixels.foreach_set(pixels.ravel())
+    assert addon.props.label_count(labels) == 4
+    pixels[5:15, 300:310, :3] = 0.0
+    labels.pixels.foreach_set(pixels.ravel())
     sent = decode_label_map(Image.open(io.BytesIO(addon.operators.image_bytes(labels))))
     assert sent.shape == (H, W) and len(np.unique(sent)) == 4
     assert len(np.unique(sent[210:230, 10:40])) == 1 and sent[215, 20] not in (0, *np.unique(sent[20:80, 30:90]))
