@@ -43,9 +43,9 @@ def main(paths: list[str]) -> None:
     files = [Path(p).read_bytes() for p in paths]
     faces = 0
     for data in files:
-        mesh, _, _ = importer.build_mesh("probe", data)
+        mesh, _, _, _ = importer.build_mesh("probe", data, 1.0)
         faces += len(mesh.polygons)
-    direct = timed(lambda: [importer.build_mesh(f"m{i}", data) for i, data in enumerate(files)])
+    direct = timed(lambda: [importer.build_mesh(f"m{i}", data, 1.0) for i, data in enumerate(files)])
     with tempfile.TemporaryDirectory():
         gltf = timed(lambda: [bpy.ops.import_scene.gltf(filepath=p) for p in paths])
     print(f"{len(files)} GLBs, {faces} faces in all; median of 3 on {bpy.app.version_string}:")

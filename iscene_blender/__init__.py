@@ -4,9 +4,9 @@ The add-on talks to an ``iscene-server`` over HTTP. Worker threads do the networ
 main-thread pump (:mod:`.pump`) applies every change to Blender data, so Blender never waits on the network.
 """
 
-from . import operators, overlay, panel, preferences, props, pump
+from . import operators, overlay, panel, preferences, props, pump, server
 
-_MODULES = (preferences, props, operators, panel, overlay)
+_MODULES = (preferences, props, server, operators, panel, overlay)
 
 
 def register():

@@ -4,7 +4,6 @@ threads. Every failure becomes a :class:`ClientError` whose ``message`` and ``hi
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 import uuid
@@ -23,6 +22,38 @@ class ClientError(Exception):
 
     def __str__(self) -> str:
         return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+def normalise_url(text: str) -> str:
+    """The server's base URL from what the artist typed: ``http://`` added when no scheme is given, trailing
+    slashes and a trailing ``/v1`` (the API prefix, which the client adds itself) removed. Raises ``ValueError``
+    with a message that names the fix."""
+    url = text.strip()
+    if not url:
+        raise ValueError("no server URL is set: enter one such as http://127.0.0.1:8712 in the add-on preferences")
+    if "://" not in url:
+        url = "http://" + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"the server URL {text.strip()!r} must start with http:// or https://")
+    try:
+        parts.port  # noqa: B018  (raises on a non-numeric port)
+    except ValueError:
+        raise ValueError(f"the server URL {text.strip()!r} has an invalid port: use a number, e.g. :8712") from None
+    if not parts.hostname:
+        raise ValueError(f"the server URL {text.strip()!r} has no host: use e.g. http://127.0.0.1:8712")
+    if parts.query or parts.fragment:
+        raise ValueError(f"the server URL {text.strip()!r} must not hold '?' or '#': use e.g. http://127.0.0.1:8712")
+    path = parts.path.rstrip("/")
+    if path.endswith(API):
+        path = path[:-len(API)].rstrip("/")
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def url_port(url: str) -> int:
+    """The port of a normalised URL (the scheme's default when it names none)."""
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def is_loopback(url: str) -> bool:
@@ -72,7 +103,7 @@ class Client:
                 return response.status, response.read(), response.headers.get("Content-Type", "")
         except urllib.error.HTTPError as err:
             return err.code, err.read(), err.headers.get("Content-Type", "") if err.headers else ""
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             raise ClientError("timeout", f"the server at {self.base_url} did not answer in time",
                               "it may be busy loading the model; raise the timeout in the add-on preferences")
         except (urllib.error.URLError, ConnectionError, OSError) as err:
@@ -111,6 +142,9 @@ class Client:
 
     def check_token(self) -> None:
         self._json("GET", f"{API}/jobs")
+
+    def list_jobs(self) -> list[dict]:
+        return self._json("GET", f"{API}/jobs", require=("jobs",))["jobs"]
 
     def submit(self, image: bytes, labels: bytes, params: dict) -> dict:
         body, content_type = multipart({"image": ("image", image), "labels": ("labels", labels)},

@@ -1,11 +1,13 @@
 """Turning a finished job into Blender data (main thread only).
 
-A job becomes one collection holding a root empty (the scene frame, scaled to the scene size and placed at the
-3D cursor), one mesh object per instance (named ``<image>_<label>``, origin at the bottom centre of its box,
-vertex-colour material, provenance in custom properties) and a camera that sees the scene as the model saw the
-image, with that image behind it. Meshes are built directly from the GLB arrays with ``foreach_set`` (faster
-than the glTF importer and free of its side effects on selection and collections; see bench/RESULTS.md).
-Regenerate and refine swap the mesh datablock of existing objects, so the objects and their edits survive.
+A job becomes a collection holding a root empty (unscaled, at the 3D cursor: the scene's floor on the cursor,
+its width the Room Width; see :mod:`.frames`), one mesh object per instance in metres (named
+``<image>_<label name or id>``, origin at the bottom centre of its box, vertex colours, a material and object
+colour from the mean vertex colour so Solid shading shows the scene in colour, provenance in custom
+properties, see :mod:`.provenance`) and a camera that sees the scene as the model saw the image, with the image
+behind it. Meshes are built directly from the GLB arrays with ``foreach_set`` (faster than the glTF importer and
+free of its side effects on selection and collections; see bench/RESULTS.md). Regenerate and refine swap the
+mesh datablock of existing objects, so the objects and their edits survive.
 """
 
 from __future__ import annotations
@@ -17,21 +19,21 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from . import frames
+from . import frames, provenance
 from .glb import read_mesh
+from .provenance import CAMERA, JOB, LABEL, ROOT, SCENE
 
 MATERIAL = "I-Scene Vertex Colour"
+COLOUR_MATERIAL = "iscene_colour_material"  # on the materials this add-on made (their viewport colour is ours)
 COLOR_ATTRIBUTE = "Color"
-JOB = "iscene_job"  # on collections (the scene's current job) and objects (the job that made their mesh)
-LABEL = "iscene_label"
-ROOT = "iscene_root"
+SEED = "iscene_seed"  # the seed field (registered on Object by props.py): Regenerate uses it
+MESH_SEED = "iscene_mesh_seed"  # the seed that made the current mesh
 
 
-def vertex_colour_material() -> bpy.types.Material:
-    material = bpy.data.materials.get(MATERIAL)
-    if material is not None:
-        return material
-    material = bpy.data.materials.new(MATERIAL)
+def colour_material(name: str, colour) -> bpy.types.Material:
+    """A vertex-colour material (Base Color from the colour attribute) whose viewport colour is ``colour``."""
+    material = bpy.data.materials.new(name)
+    material[COLOUR_MATERIAL] = True
     material.use_nodes = True
     nodes, links = material.node_tree.nodes, material.node_tree.links
     bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
@@ -40,15 +42,18 @@ def vertex_colour_material() -> bpy.types.Material:
     attribute.location = (bsdf.location.x - 300, bsdf.location.y)
     links.new(attribute.outputs["Color"], bsdf.inputs["Base Color"])
     bsdf.inputs["Roughness"].default_value = 1.0
+    material.diffuse_color = colour
+    material.roughness = 1.0
     return material
 
 
-def build_mesh(name: str, data: bytes) -> tuple[bpy.types.Mesh, Matrix, dict]:
-    """A mesh in its local frame (origin at the bottom centre of its box), its generated matrix in S, extras."""
+def build_mesh(name: str, data: bytes, scale: float) -> tuple[bpy.types.Mesh, Matrix, tuple, dict]:
+    """A mesh in metres about its origin (the bottom centre of its box), its generated matrix in S, its mean
+    vertex colour (linear RGBA) and the GLB's extras."""
     arrays = read_mesh(data)
     lo, hi = arrays.vertices.min(0), arrays.vertices.max(0)
     origin = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], np.float32)
-    local = arrays.vertices - origin
+    local = (arrays.vertices - origin) * np.float32(scale)  # [V, 3] metres
     mesh = bpy.data.meshes.new(name)
     mesh.vertices.add(len(local))
     mesh.vertices.foreach_set("co", local.ravel())
@@ -62,31 +67,51 @@ def build_mesh(name: str, data: bytes) -> tuple[bpy.types.Mesh, Matrix, dict]:
     colors = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
     colors.data.foreach_set("color", arrays.colors.ravel())
     mesh.color_attributes.active_color = colors
-    mesh.materials.append(vertex_colour_material())
-    return mesh, frames.translation(origin), arrays.extras
+    mean = tuple(float(v) for v in arrays.colors[:, :3].mean(0)) + (1.0,) if len(arrays.colors) else (1, 1, 1, 1)
+    return mesh, frames.translation(origin), mean, arrays.extras
 
 
-def _provenance(obj, job_id: str, entry: dict, manifest: dict, data: bytes, generated: Matrix) -> None:
+def scene_box(manifest: dict, files: dict[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """The union of the imported instances' boxes in S: (min xyz, max xyz)."""
+    boxes = [e["bbox"] for e in manifest["instances"] if e.get("file") in files]
+    if not boxes:
+        raise ValueError("the job has no instance meshes to import")
+    return np.min([b["min"] for b in boxes], axis=0), np.max([b["max"] for b in boxes], axis=0)
+
+
+def scale_for_width(lo: np.ndarray, hi: np.ndarray, room_width: float) -> float:
+    """Metres per S unit so that the scene's widest horizontal side is ``room_width`` metres."""
+    width = float(max(hi[0] - lo[0], hi[1] - lo[1]))
+    return room_width / width if width > 1e-9 else 1.0
+
+
+def _provenance(obj, root, job_id: str, entry: dict, manifest: dict, data: bytes, generated: Matrix) -> None:
+    obj[SCENE] = root[SCENE]
     obj[JOB] = job_id
     obj[LABEL] = entry["label"]
-    obj["iscene_seed"] = entry["seed"]
+    obj[SEED] = obj[MESH_SEED] = int(entry["seed"])
     obj["iscene_model"] = json.dumps(manifest.get("models", {}), sort_keys=True)
     obj["iscene_mesh_sha256"] = hashlib.sha256(data).hexdigest()
     frames.store_generated(obj, generated)
 
 
-def _root(name: str, collection, scale: float, location) -> bpy.types.Object:
+def _root(name: str, collection, job_id: str, scale: float, anchor, location) -> bpy.types.Object:
     root = bpy.data.objects.new(name, None)
     root.empty_display_type = "ARROWS"
     root.empty_display_size = 0.5
-    root.matrix_world = Matrix.Translation(location) @ Matrix.Scale(scale, 4)
+    root.matrix_world = Matrix.Translation(location)
     root[ROOT] = True
+    root[SCENE] = provenance.new_id()
+    root[JOB] = job_id
+    root[frames.SCALE] = float(scale)
+    root[frames.ANCHOR] = [float(v) for v in anchor]
     collection.objects.link(root)
     return root
 
 
-def _camera(name: str, collection, root, settings: dict, scale: float, image) -> bpy.types.Object:
-    """The solved camera as a child of the root, without inheriting its scale (lens stays the lens)."""
+def _camera(name: str, collection, root, settings: dict, image) -> bpy.types.Object:
+    """The solved camera (a member of the scene, placed like its objects), lens and clipping in metres."""
+    scale = frames.scene_scale(root)
     data = bpy.data.cameras.new(name)
     data.type = settings["type"]
     data.sensor_fit = settings["sensor_fit"]
@@ -108,39 +133,49 @@ def _camera(name: str, collection, root, settings: dict, scale: float, image) ->
     collection.objects.link(camera)
     camera.parent = root
     rotation = Matrix([list(r) + [0.0] for r in settings["rotation_matrix"]] + [[0.0, 0.0, 0.0, 1.0]])
-    camera.matrix_local = Matrix.Translation(settings["location"]) @ rotation @ Matrix.Scale(1.0 / scale, 4)
+    generated = Matrix.Translation(settings["location"]) @ rotation
+    camera[SCENE], camera[CAMERA] = root[SCENE], True
+    frames.store_generated(camera, generated)
+    camera.matrix_world = frames.placed(root, Matrix.Identity(4), generated)
     return camera
 
 
 def import_scene(scene: bpy.types.Scene, job_id: str, title: str, manifest: dict, files: dict[str, bytes],
-                 image=None, scale: float = 4.0) -> bpy.types.Collection:
-    """A new collection for a finished generate job, linked into ``scene``; returns it."""
+                 image=None, room_width: float = 4.0, make_camera_active: bool = True,
+                 names: dict[int, str] | None = None) -> bpy.types.Object:
+    """A new collection for a finished job, linked into ``scene``; returns the scene's root empty."""
+    names = names or {}
     collection = bpy.data.collections.new(f"I-Scene {title}")
     scene.collection.children.link(collection)
-    collection[JOB] = job_id
-    collection["iscene_labels"] = [int(e["label"]) for e in manifest["instances"]]
-    root = _root(f"{title}_scene", collection, scale, scene.cursor.location.copy())
+    lo, hi = scene_box(manifest, files)
+    scale = scale_for_width(lo, hi, room_width)
+    anchor = ((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2])
+    root = _root(f"{title}_scene", collection, job_id, scale, anchor, scene.cursor.location.copy())
+    root["iscene_labels"] = [int(e["label"]) for e in manifest["instances"]]
     objects = []
     for entry in manifest["instances"]:
         if entry.get("file") not in files:
             continue
-        name = f"{title}_{entry['label']}"
-        mesh, generated, _ = build_mesh(name, files[entry["file"]])
+        name = f"{title}_{names.get(int(entry['label'])) or entry['label']}"
+        mesh, generated, colour, _ = build_mesh(name, files[entry["file"]], scale)
+        mesh.materials.append(colour_material(name, colour))
         obj = bpy.data.objects.new(name, mesh)
+        obj.color = colour
         collection.objects.link(obj)
         obj.parent = root
-        obj.matrix_local = generated
-        _provenance(obj, job_id, entry, manifest, files[entry["file"]], generated)
+        obj.matrix_world = frames.placed(root, Matrix.Identity(4), generated)
+        _provenance(obj, root, job_id, entry, manifest, files[entry["file"]], generated)
+        provenance.claim([obj])
         objects.append(obj)
     camera_settings = (manifest.get("camera") or {}).get("blender")
     if camera_settings:
-        camera = _camera(f"{title}_camera", collection, root, camera_settings, scale, image)
-        scene.render.resolution_x, scene.render.resolution_y = camera_settings["resolution"]
-        scene.render.resolution_percentage = 100
-        if scene.camera is None:
+        camera = _camera(f"{title}_camera", collection, root, camera_settings, image)
+        if make_camera_active:
             scene.camera = camera
+            scene.render.resolution_x, scene.render.resolution_y = camera_settings["resolution"]
+            scene.render.resolution_percentage = 100
     _select(scene, objects)
-    return collection
+    return root
 
 
 def _select(scene, objects) -> None:
@@ -154,37 +189,58 @@ def _select(scene, objects) -> None:
         view_layer.objects.active = objects[0]
 
 
-def scene_root(collection) -> bpy.types.Object | None:
-    return next((o for o in collection.objects if o.get(ROOT)), None)
+def _swap_mesh(obj, mesh: bpy.types.Mesh, colour) -> None:
+    """Give ``obj`` the new mesh with the old one's materials; this add-on's materials take the new colour."""
+    old = obj.data
+    for material in old.materials:
+        mesh.materials.append(material)
+    obj.data = mesh
+    if old.users == 0:
+        bpy.data.meshes.remove(old)
+    for slot in obj.material_slots:
+        if slot.material is not None and slot.material.get(COLOUR_MATERIAL) and slot.material.users == 1:
+            slot.material.diffuse_color = colour
+    obj.color = colour
 
 
-def instance_objects(collection) -> dict[int, bpy.types.Object]:
-    return {int(o[LABEL]): o for o in collection.all_objects if LABEL in o}
-
-
-def replace_meshes(collection, job_id: str, manifest: dict, files: dict[str, bytes], keep_edits: bool) -> list:
+def replace_meshes(root, job_id: str, manifest: dict, files: dict[str, bytes], targets: dict[int, list],
+                   keep_edits: bool) -> list:
     """Swap in the new meshes of a regenerate (``keep_edits``: the artist's edit stays on the new mesh) or a
-    refine (the result already includes the edit). Objects, parenting, modifiers and material overrides stay."""
-    root = scene_root(collection)
-    objects = instance_objects(collection)
+    refine (the result already includes the edit) on the ``targets`` objects of each label. Objects, parenting,
+    modifiers and material overrides stay."""
+    scale = frames.scene_scale(root)
     updated = []
     for entry in manifest["instances"]:
-        obj = objects.get(entry["label"])
-        if obj is None or entry.get("file") not in files:
+        if entry.get("file") not in files:
             continue
-        edit = frames.edit_in_scene(root, obj) if keep_edits else Matrix.Identity(4)
-        mesh, generated, _ = build_mesh(obj.name, files[entry["file"]])
-        old = obj.data
-        overrides = [m for m in old.materials if m is not None and m.name != MATERIAL]
-        if overrides:
-            mesh.materials.clear()
-            for material in old.materials:
-                mesh.materials.append(material)
-        obj.data = mesh
-        if old.users == 0:
-            bpy.data.meshes.remove(old)
-        obj.matrix_world = root.matrix_world @ edit @ generated
-        _provenance(obj, job_id, entry, manifest, files[entry["file"]], generated)
-        updated.append(obj)
-    collection[JOB] = job_id
+        for obj in targets.get(int(entry["label"]), []):
+            edit = frames.edit_in_scene(root, obj) if keep_edits else Matrix.Identity(4)
+            mesh, generated, colour, _ = build_mesh(obj.name, files[entry["file"]], scale)
+            _swap_mesh(obj, mesh, colour)
+            obj.matrix_world = frames.placed(root, edit, generated)
+            _provenance(obj, root, job_id, entry, manifest, files[entry["file"]], generated)
+            updated.append(obj)
+    root[JOB] = job_id
     return updated
+
+
+def resize_scene(root, factor: float) -> None:
+    """Scale the whole scene by ``factor`` about its root, keeping every artist's edit (in S) as it is."""
+    members = provenance.members(root)
+    edits = [(obj, frames.edit_in_scene(root, obj)) for obj in members if frames.GENERATED in obj]
+    root[frames.SCALE] = frames.scene_scale(root) * factor
+    resized = set()
+    for obj, _ in edits:
+        data = obj.data
+        if data is None or data.name in resized:
+            continue
+        resized.add(data.name)
+        if obj.type == "MESH":
+            data.transform(Matrix.Scale(factor, 4))
+        elif obj.type == "CAMERA":
+            data.ortho_scale *= factor
+            data.clip_start *= factor
+            data.clip_end *= factor
+    for obj, edit in edits:
+        obj.matrix_world = frames.placed(root, edit, frames.generated(obj))
+    bpy.context.view_layer.update()

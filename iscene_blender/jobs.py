@@ -6,6 +6,7 @@ A worker submits the job, polls its status, downloads the result into the job's 
 
 from __future__ import annotations
 
+import json
 import queue
 import threading
 import time
@@ -17,27 +18,31 @@ from .client import Client, ClientError
 
 ACTIVE = ("submitting", "queued", "running", "downloading", "importing")
 SEGMENT_LABELS = "labels.png"  # the label map a segment job makes
+SCENE_JSON = "scene.json"  # the manifest, kept next to the downloaded meshes
+SCENE_KINDS = ("generate", "regenerate", "refine", "import")
 LOST_CONNECTION_S = 15.0  # a job whose server stays unreachable this long is failed, not waited on forever
 
 
 @dataclass
 class Event:
-    kind: str  # update | finished | failed | cancelled | health
+    kind: str  # update | finished | failed | cancelled | health | server_jobs
     key: str = ""
     data: dict = field(default_factory=dict)
 
 
 @dataclass
 class Job:
-    kind: str  # generate | regenerate | refine | segment
+    kind: str  # generate | regenerate | refine | segment | import (download a finished server job again)
     title: str
     scene: str  # the Blender scene to import into
     folder: Path
     params: dict = field(default_factory=dict)
     inputs: dict[str, bytes] = field(default_factory=dict, repr=False)  # generate, segment: uploads (for Retry)
-    parent: str | None = None  # regenerate / refine: the server job they derive from
-    collection: str | None = None  # regenerate / refine: the collection whose objects they update
-    image: str | None = None  # segment: the image datablock the label map is made for
+    parent: str | None = None  # regenerate / refine: the server job they derive from; import: the job to fetch
+    root: str | None = None  # regenerate / refine: the scene id (provenance) whose objects they update
+    targets: dict[int, list[str]] = field(default_factory=dict)  # regenerate / refine: label -> object ids
+    image: str | None = None  # generate / segment: the image datablock the job is for
+    names: dict[int, str] = field(default_factory=dict)  # generate / import: label -> object name
     key: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     server_id: str | None = None
     state: str = "submitting"
@@ -78,6 +83,16 @@ class Runtime:
         thread.start()
         return job
 
+    def list_server_jobs(self, client: Client) -> None:
+        """Fetch the server's job list on a thread; it arrives as a ``server_jobs`` event."""
+        def ask():
+            try:
+                self.events.put(Event("server_jobs", data={"jobs": client.list_jobs()}))
+            except ClientError as err:
+                self.events.put(Event("server_jobs", data={"error": err}))
+
+        threading.Thread(target=ask, daemon=True, name="iscene-job-list").start()
+
     def check_health(self, client: Client) -> None:
         """Ask the server for its health and check the token, on a thread (one at a time); the answer arrives as an
         event."""
@@ -112,6 +127,8 @@ def _post(events: queue.Queue, kind: str, job: Job, **data) -> None:
 
 
 def _submit(job: Job, client: Client) -> dict:
+    if job.kind == "import":
+        return {"job_id": job.parent, "state": "downloading"}
     if job.kind == "generate":
         return client.submit(job.inputs["image"], job.inputs["labels"], job.params)
     if job.kind == "regenerate":
@@ -146,7 +163,10 @@ def _wait(job: Job, client: Client, events: queue.Queue, poll_s: float) -> dict 
                                   "check that the server is still running; its finished jobs stay on its disk")
             job.cancel.wait(poll_s)
             continue
-        _post(events, "update", job, state=status["state"], stage=status.get("stage") or "",
+        # the job ends here only once imported (or with the failed / cancelled event below, message included)
+        state = {"succeeded": "downloading", "failed": "running", "cancelled": "running"}.get(status["state"],
+                                                                                           status["state"])
+        _post(events, "update", job, state=state, stage=status.get("stage") or "",
               step=status.get("step") or 0, total=status.get("total") or 0, progress=status.get("progress", 0.0),
               eta_s=status.get("eta_s"), queue_position=status.get("queue_position"))
         if status["state"] == "succeeded":
@@ -165,13 +185,14 @@ def files_to_download(job: Job, manifest: dict) -> list[str]:
     if job.kind == "segment":
         return [SEGMENT_LABELS]
     entries = [e for e in manifest["instances"] if e.get("file")]
+    scene_glb = [manifest["files"]["scene"]] if (manifest.get("files") or {}).get("scene") else []
     if job.kind == "regenerate":
         entries = [e for e in entries if e["label"] in job.params["labels"]]
     elif job.kind == "refine":
         changed = set(manifest.get("refine", {}).get("resampled", [])) | set(
             manifest.get("refine", {}).get("moved_only", []))
         entries = [e for e in entries if e["label"] in changed]
-    return [e["file"] for e in entries]
+    return [e["file"] for e in entries] + scene_glb
 
 
 def run_job(job: Job, client: Client, events: queue.Queue, poll_s: float) -> None:
@@ -184,6 +205,8 @@ def run_job(job: Job, client: Client, events: queue.Queue, poll_s: float) -> Non
         _post(events, "update", job, state="downloading")
         manifest = client.segments(job.server_id) if job.kind == "segment" else client.scene(job.server_id)
         job.folder.mkdir(parents=True, exist_ok=True)
+        if job.kind in SCENE_KINDS:
+            (job.folder / SCENE_JSON).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
         files = {}
         for name in files_to_download(job, manifest):
             files[name] = client.file(job.server_id, name)

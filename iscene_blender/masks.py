@@ -15,37 +15,16 @@ and (1, 1) its top-right.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
 
+from .pixels import PALETTE
+
 LABEL_MAP = "iscene_label_map"  # on a source image: its label map (an ID pointer)
 SOURCE = "iscene_source"  # on a label map: the name of the image it was made for
 DOT_PIXELS = 6.0  # a stroke whose extent is at most this (or 1% of the image diagonal) is a click
-REFRESH_S = 0.5  # while an image is being painted, values computed from its pixels are refreshed this often
-
-
-class PixelCache:
-    """Values computed from an image's pixels (instance count, overlay texture), kept per image and recomputed
-    when it changes; while it is being painted (dirty), at most every ``REFRESH_S`` seconds."""
-
-    def __init__(self):
-        self._entries: dict[str, tuple[tuple, object, float]] = {}
-
-    def get(self, image, compute, *settings):
-        signature = (tuple(image.size), image.is_dirty, *settings)
-        entry = self._entries.get(image.name)
-        now = time.monotonic()
-        if entry and entry[0] == signature and (not image.is_dirty or now - entry[2] < REFRESH_S):
-            return entry[1]
-        value = compute()
-        self._entries[image.name] = (signature, value, now)
-        return value
-
-    def clear(self) -> None:
-        self._entries.clear()
 
 
 @dataclass(frozen=True)
@@ -140,11 +119,19 @@ def link_label_map(image, labels) -> None:
     labels[SOURCE] = image.name
 
 
-def store_label_map(image, path: Path):
+def image_stem(image) -> str:
+    """``living_room`` for an image named ``living_room.png``."""
+    return Path(image.name).stem or image.name
+
+
+def store_label_map(image, path: Path, segments: list[dict]):
     """Load the server's label map (a palette PNG: one colour per object, black background) as an image
-    datablock packed into the .blend, link it to ``image`` and return it."""
+    datablock packed into the .blend, link it to ``image`` and return it. ``segments`` (the job's
+    segments.json) give each palette colour's id, so the add-on counts objects exactly as the server will."""
     labels = bpy.data.images.load(str(path), check_existing=False)
-    labels.name = f"{Path(image.name).stem}_labels"
+    labels.name = f"{image_stem(image)}_labels"
+    labels[PALETTE] = {str(c[0] | (c[1] << 8) | (c[2] << 16)): int(s["id"]) for s in segments
+                       for c in [s["colour"]]}
     labels.colorspace_settings.name = "Non-Color"  # ids, not colours: painting must not shift them
     labels.pack()
     link_label_map(image, labels)

@@ -2,30 +2,23 @@
 which object while segmenting or painting the map.
 
 The Image Editor's view space is normalised over the image ((0, 0) bottom-left, (1, 1) top-right), so one
-textured quad over the unit square lands exactly on the image at any zoom. Black (background) is transparent.
-The texture is rebuilt when the map changes; while it is being painted, at most every ``masks.REFRESH_S``.
+textured quad over the unit square lands exactly on the image at any zoom. The texture is the label map's own
+GPU texture, which Blender keeps current while it is painted, so drawing touches no pixels in Python; a small
+shader makes the background (black) transparent and the rest ``opacity``.
 """
 
 from __future__ import annotations
 
 import bpy
-import numpy as np
 
-from .masks import PixelCache, linked_label_map
+from .masks import linked_label_map
 
 QUAD = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
+VERTEX = "void main() { uv = texCoord; gl_Position = viewProjectionMatrix * vec4(pos, 0.0, 1.0); }"
+FRAGMENT = ("void main() { vec4 c = texture(image, uv); float on = max(c.r, max(c.g, c.b)) > 0.5 / 255.0 ? "
+            "opacity : 0.0; fragColor = vec4(c.rgb, on); }")
 _handle = None
-_textures = PixelCache()
-
-
-def overlay_pixels(labels: bpy.types.Image, opacity: float) -> np.ndarray:
-    """RGBA float32 ``[H·W·4]`` of the label map: its colours at ``opacity``, background fully transparent."""
-    width, height = labels.size
-    pixels = np.empty(width * height * 4, np.float32)
-    labels.pixels.foreach_get(pixels)
-    rgba = pixels.reshape(-1, 4)
-    rgba[:, 3] = np.where(rgba[:, :3].max(axis=1) > 0.5 / 255, opacity, 0.0)
-    return pixels
+_shader = None
 
 
 def shown_label_map(space, settings):
@@ -37,15 +30,24 @@ def shown_label_map(space, settings):
     return labels
 
 
-def _texture(labels, opacity: float):
-    import gpu
-
-    def build():
-        width, height = labels.size
-        buffer = gpu.types.Buffer("FLOAT", width * height * 4, overlay_pixels(labels, opacity))
-        return gpu.types.GPUTexture((width, height), format="RGBA16F", data=buffer)
-
-    return _textures.get(labels, build, round(opacity, 3))
+def _overlay_shader():
+    global _shader
+    if _shader is None:
+        import gpu
+        info = gpu.types.GPUShaderCreateInfo()
+        info.push_constant("MAT4", "viewProjectionMatrix")
+        info.push_constant("FLOAT", "opacity")
+        info.sampler(0, "FLOAT_2D", "image")
+        info.vertex_in(0, "VEC2", "pos")
+        info.vertex_in(1, "VEC2", "texCoord")
+        interface = gpu.types.GPUStageInterfaceInfo("iscene_overlay")
+        interface.smooth("VEC2", "uv")
+        info.vertex_out(interface)
+        info.fragment_out(0, "VEC4", "fragColor")
+        info.vertex_source(VERTEX)
+        info.fragment_source(FRAGMENT)
+        _shader = gpu.shader.create_from_info(info)
+    return _shader
 
 
 def draw() -> None:
@@ -56,11 +58,14 @@ def draw() -> None:
     labels = shown_label_map(context.space_data, settings) if settings.show_overlay else None
     if labels is None:
         return
-    shader = gpu.shader.from_builtin("IMAGE")
+    shader = _overlay_shader()
     batch = batch_for_shader(shader, "TRI_FAN", {"pos": QUAD, "texCoord": QUAD})
     gpu.state.blend_set("ALPHA")
     shader.bind()
-    shader.uniform_sampler("image", _texture(labels, settings.overlay_opacity))
+    matrix = gpu.matrix.get_projection_matrix() @ gpu.matrix.get_model_view_matrix()
+    shader.uniform_float("viewProjectionMatrix", matrix)
+    shader.uniform_float("opacity", settings.overlay_opacity)
+    shader.uniform_sampler("image", gpu.texture.from_image(labels))
     batch.draw(shader)
     gpu.state.blend_set("NONE")
 
@@ -73,8 +78,8 @@ def register():
 
 
 def unregister():
-    global _handle
+    global _handle, _shader
     if _handle is not None:
         bpy.types.SpaceImageEditor.draw_handler_remove(_handle, "WINDOW")
         _handle = None
-    _textures.clear()
+    _shader = None

@@ -1,47 +1,16 @@
-"""Add-on preferences: where the server is, the token (kept here, never in .blend files), timeouts, and an
-optional command to start a local server whose output goes to a log file."""
+"""Add-on preferences: where the server is, the token (kept here, never in .blend files), timeouts, the
+download folder's cap, and an optional command to start a local server."""
 
 from __future__ import annotations
 
-import shlex
-import subprocess
 from pathlib import Path
 
 import bpy
 from bpy.props import FloatProperty, StringProperty
 
-from .client import Client, is_loopback
+from .client import Client, is_loopback, normalise_url
 
 DEFAULT_URL = "http://127.0.0.1:8712"
-
-
-class LocalServer:
-    """The server this add-on started (if any): one process, its log file."""
-
-    process: subprocess.Popen | None = None
-    log_path: Path | None = None
-
-    @classmethod
-    def start(cls, command: str, log_path: Path) -> None:
-        cls.stop()
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        cls.log_path = log_path
-        with open(log_path, "ab") as log:
-            cls.process = subprocess.Popen(shlex.split(command), stdout=log, stderr=subprocess.STDOUT)
-
-    @classmethod
-    def running(cls) -> bool:
-        return cls.process is not None and cls.process.poll() is None
-
-    @classmethod
-    def stop(cls) -> None:
-        if cls.running():
-            cls.process.terminate()
-            try:
-                cls.process.wait(10)
-            except subprocess.TimeoutExpired:
-                cls.process.kill()
-        cls.process = None
 
 
 def preferences(context=None):
@@ -56,8 +25,10 @@ def user_dir(*parts: str) -> Path:
 
 def network_problem(url: str) -> str:
     """Why the add-on may not contact ``url`` now ('' if it may)."""
-    if not url.strip():
-        return "no server URL is set"
+    try:
+        url = normalise_url(url)
+    except ValueError as err:
+        return str(err)
     if not is_loopback(url) and not bpy.app.online_access:
         return ("online access is off, and the server is not on this computer: enable 'Allow Online Access' "
                 "in Preferences > System (or use a server on 127.0.0.1)")
@@ -66,47 +37,44 @@ def network_problem(url: str) -> str:
 
 def client(context=None) -> Client:
     prefs = preferences(context)
-    return Client(prefs.server_url, prefs.token, prefs.timeout, prefs.download_timeout)
+    return Client(normalise_url(prefs.server_url), prefs.token, prefs.timeout, prefs.download_timeout)
+
+
+def _normalise(prefs, _context) -> None:
+    """Show the URL as the add-on uses it (``http://`` added, ``/v1`` and trailing slashes removed)."""
+    try:
+        url = normalise_url(prefs.server_url)
+    except ValueError:
+        return  # the panel says what is wrong
+    if url != prefs.server_url:
+        prefs.server_url = url
 
 
 class ISceneAddonPreferences(bpy.types.AddonPreferences):
     bl_idname = __package__
 
-    server_url: StringProperty(name="Server URL", default=DEFAULT_URL,
-                               description="Address of the I-Scene server (iscene-server serve)")
+    server_url: StringProperty(name="Server URL", default=DEFAULT_URL, update=_normalise,
+                               description="Address of the I-Scene server (iscene-server serve), e.g. "
+                                           "http://127.0.0.1:8712; http:// is added and /v1 removed for you")
     token: StringProperty(name="Token", subtype="PASSWORD", default="",
                           description="The server's access token (needed when it listens beyond this computer)")
     timeout: FloatProperty(name="Timeout", default=10.0, min=1.0, max=300.0, unit="TIME_ABSOLUTE",
                            description="How long to wait for the server to answer a request")
     download_timeout: FloatProperty(name="Download Timeout", default=120.0, min=5.0, max=3600.0,
                                     unit="TIME_ABSOLUTE", description="How long a result download may take")
-    poll_interval: FloatProperty(name="Poll Interval", default=0.5, min=0.1, max=10.0, unit="TIME_ABSOLUTE")
+    poll_interval: FloatProperty(name="Poll Interval", default=0.5, min=0.1, max=10.0, unit="TIME_ABSOLUTE",
+                                 description="How often a running job asks the server for its progress")
+    download_limit_gb: FloatProperty(name="Download Folder Limit (GB)", default=2.0, min=0.0, soft_max=100.0,
+                                     description="The add-on's downloaded results are kept under this size; the "
+                                                 "oldest jobs' files are removed first, never those of a job in "
+                                                 "use (the objects in your .blend files stay)")
     server_command: StringProperty(name="Local Server Command", default="iscene-server serve",
-                                   description="Command that starts a server on this computer (optional)")
+                                   description="Command that starts a server on this computer (optional); the "
+                                               "port of the Server URL is added unless it names --port")
 
     def draw(self, context):
-        layout = self.layout
-        layout.prop(self, "server_url")
-        problem = network_problem(self.server_url)
-        if problem:
-            box = layout.box()
-            box.label(text=problem, icon="ERROR")
-            if not bpy.app.online_access and not is_loopback(self.server_url):
-                box.operator("screen.userpref_show", text="Open System Preferences",
-                             icon="PREFERENCES").section = "SYSTEM"
-        layout.prop(self, "token")
-        row = layout.row()
-        row.prop(self, "timeout")
-        row.prop(self, "download_timeout")
-        row.prop(self, "poll_interval")
-        box = layout.box()
-        box.label(text="Local server (optional)")
-        box.prop(self, "server_command")
-        row = box.row()
-        row.operator("iscene.start_server", icon="PLAY")
-        row.operator("iscene.stop_server", icon="CANCEL")
-        if LocalServer.log_path:
-            box.label(text=f"Log: {LocalServer.log_path}")
+        from .panel import draw_preferences
+        draw_preferences(self, context)
 
 
 def register():
@@ -114,5 +82,4 @@ def register():
 
 
 def unregister():
-    LocalServer.stop()
     bpy.utils.unregister_class(ISceneAddonPreferences)

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+from server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "build.py"
@@ -42,6 +43,8 @@ EXTENSION_ID = tomllib.loads(MANIFEST.read_text(encoding="utf-8"))["id"] if MANI
 ADDON_MODULE = f"bl_ext.{REPO_NAME}.{EXTENSION_ID}"
 WATCHED_TYPES = ("Scene", "Object", "WindowManager")
 HAVE_BPY = importlib.util.find_spec("bpy") is not None
+
+STEPS = 2  # sampling steps per stage: the tiny model's scenes come back in seconds
 
 _sessions: list[pytest.Session] = []
 
@@ -217,3 +220,44 @@ def exit_before_bpy_teardown() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(int(_sessions[-1].exitstatus) if _sessions else 0)
+
+
+# --- a real server and the artist's inputs (each test module gets its own server) ----------------------------
+
+@pytest.fixture(scope="module")
+def server(tiny_package, tmp_path_factory) -> Iterator[ServerProcess]:
+    process = ServerProcess(tiny_package, tmp_path_factory.mktemp("server") / "data").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def scene_pngs(small_scene, tmp_path_factory) -> tuple[Path, Path]:
+    """The two-object example scene as files, named as an artist's files would be."""
+    folder = tmp_path_factory.mktemp("inputs")
+    image, labels = folder / "living_room.png", folder / "living_room_labels.png"
+    image.write_bytes(small_scene[0])
+    labels.write_bytes(small_scene[1])
+    return image, labels
+
+
+@pytest.fixture
+def prefs(bpy, addon, clean_scene, server):
+    """The add-on preferences pointed at the test server, with fresh run-time state."""
+    preferences = bpy.context.preferences.addons[ADDON_MODULE].preferences
+    preferences.server_url, preferences.token, preferences.poll_interval = server.url, "", 0.1
+    runtime = addon.pump.RUNTIME
+    runtime.stop()
+    runtime.jobs.clear()
+    runtime.health, runtime.health_error, runtime.health_checked = None, None, 0.0
+    return preferences
+
+
+@pytest.fixture
+def inputs(bpy, prefs, scene_pngs):
+    """The scene settings: reference image and label map loaded as image datablocks, fast sampling."""
+    settings = bpy.context.scene.iscene
+    settings.image = bpy.data.images.load(str(scene_pngs[0]))
+    settings.labels = bpy.data.images.load(str(scene_pngs[1]))
+    settings.steps, settings.detail, settings.seed, settings.scene_size = STEPS, "low", 7, 4.0
+    return settings

@@ -20,50 +20,8 @@ import numpy as np
 import pytest
 from server_process import ServerProcess
 
-from .conftest import ADDON_MODULE
-
-STEPS = 2  # sampling steps per stage: the tiny model's scenes come back in seconds
 SLOW_STEPS = 100  # long enough to cancel or kill the server while the job runs
 TOKEN = "blender-test-token"
-
-
-@pytest.fixture(scope="module")
-def server(tiny_package, tmp_path_factory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tiny_package, tmp_path_factory.mktemp("server") / "data").start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def scene_pngs(small_scene, tmp_path_factory) -> tuple[Path, Path]:
-    """The two-object example scene as files, named as an artist's files would be."""
-    folder = tmp_path_factory.mktemp("inputs")
-    image, labels = folder / "living_room.png", folder / "living_room_labels.png"
-    image.write_bytes(small_scene[0])
-    labels.write_bytes(small_scene[1])
-    return image, labels
-
-
-@pytest.fixture
-def prefs(bpy, addon, clean_scene, server):
-    """The add-on preferences pointed at the test server, with fresh run-time state."""
-    preferences = bpy.context.preferences.addons[ADDON_MODULE].preferences
-    preferences.server_url, preferences.token, preferences.poll_interval = server.url, "", 0.1
-    runtime = addon.pump.RUNTIME
-    runtime.stop()
-    runtime.jobs.clear()
-    runtime.health, runtime.health_error, runtime.health_checked = None, None, 0.0
-    return preferences
-
-
-@pytest.fixture
-def inputs(bpy, prefs, scene_pngs):
-    """The scene settings: reference image and label map loaded as image datablocks, fast sampling."""
-    settings = bpy.context.scene.iscene
-    settings.image = bpy.data.images.load(str(scene_pngs[0]))
-    settings.labels = bpy.data.images.load(str(scene_pngs[1]))
-    settings.steps, settings.detail, settings.seed, settings.scene_size = STEPS, "low", 7, 4.0
-    return settings
 
 
 def pump_until(addon, done: Callable[[], bool], timeout: float = 180.0) -> None:
@@ -75,6 +33,16 @@ def pump_until(addon, done: Callable[[], bool], timeout: float = 180.0) -> None:
             raise TimeoutError(f"gave up after {timeout} s; jobs: {jobs}")
         time.sleep(0.05)
     addon.pump.pump_once()
+
+
+def counted_objects(bpy, addon, image) -> int:
+    """The label map's object count as the panel shows it, once the refresh (a timer in Blender) has landed."""
+    addon.props.label_stats(image)
+    addon.props.refresh_label_stats()
+    for _ in range(2):  # land what was pending, then a read made after the caller's last change
+        addon.props.LABEL_STATS.wait()
+        addon.props.refresh_label_stats()
+    return addon.props.label_stats(image).count
 
 
 def last_job(addon):
@@ -92,14 +60,39 @@ def run_operator(addon, operator: Callable[[], set]):
     return job
 
 
-def generate(bpy, addon):
+_GENERATED: dict[str, str] = {}  # server URL -> the server job the first generate there made
+
+
+def generate(bpy, addon, fresh: bool = False):
+    """Click Generate; after the first time on a server, re-import that job from the history instead (the same
+    scene, downloaded again), which keeps these tests fast and exercises Re-import."""
+    url = addon.preferences.preferences().server_url
+    if not fresh and url in _GENERATED:
+        return reimport(bpy, addon, _GENERATED[url])
     job = run_operator(addon, bpy.ops.iscene.generate)
+    assert job.state == "succeeded", f"{job.message} ({job.hint})"
+    _GENERATED[url] = job.server_id
+    return job
+
+
+def reimport(bpy, addon, server_id: str):
+    """Merge the server's jobs into the history (Refresh Jobs) and click Re-import on ``server_id``'s row."""
+    history = bpy.context.scene.iscene.history
+    if not any(r.server_id == server_id for r in history):
+        assert bpy.ops.iscene.refresh_jobs() == {"FINISHED"}
+        pump_until(addon, lambda: any(r.server_id == server_id for r in history), timeout=30)
+    job = run_operator(addon, lambda: bpy.ops.iscene.reimport(key=server_id))
     assert job.state == "succeeded", f"{job.message} ({job.hint})"
     return job
 
 
+def scene_root(bpy, addon, job):
+    return next(o for o in bpy.data.objects if o.get("iscene_root") and o["iscene_scene"] == job.root)
+
+
 def instances(bpy, addon, job) -> dict:
-    return addon.importer.instance_objects(bpy.data.collections[job.collection])
+    root = scene_root(bpy, addon, job)
+    return {int(o["iscene_label"]): o for o in addon.provenance.instances(root)}
 
 
 def world_bounds(obj) -> np.ndarray:
@@ -111,10 +104,17 @@ def world_bounds(obj) -> np.ndarray:
     return np.stack([world[:, :3].min(0), world[:, :3].max(0)])
 
 
+def scene_to_world(root) -> np.ndarray:
+    """The scene frame S into the world, from the root's stored scale and anchor (independent of the add-on)."""
+    scale, anchor = float(root["iscene_scale"]), np.array(root["iscene_anchor"], float)
+    to_root = np.diag([scale, scale, scale, 1.0]) @ translation(*-anchor)
+    return np.array(root.matrix_world) @ to_root
+
+
 def manifest_bounds(entry: dict, root) -> np.ndarray:
     """The manifest's box of an instance (scene frame) mapped into the world by the job's root."""
     box = np.array([entry["bbox"]["min"], entry["bbox"]["max"]])
-    world = np.c_[box, np.ones(2)] @ np.array(root.matrix_world).T
+    world = np.c_[box, np.ones(2)] @ scene_to_world(root).T
     return world[:, :3]
 
 
@@ -131,24 +131,24 @@ def job_folder_file(job, name: str) -> bytes:
 # --- generate ---------------------------------------------------------------------------------------------
 
 def test_generate_imports_one_posed_object_per_instance(bpy, addon, inputs, server):
-    assert addon.props.label_count(inputs.labels) == 2
-    job = generate(bpy, addon)
+    assert counted_objects(bpy, addon, inputs.labels) == 2
+    job = generate(bpy, addon, fresh=True)
     manifest = server.get(f"/v1/jobs/{job.server_id}/scene")
-    collection = bpy.data.collections[job.collection]
-    assert collection.name == "I-Scene living_room"
-    assert collection["iscene_job"] == job.server_id
+    collection = bpy.data.collections["I-Scene living_room"]
     objects = instances(bpy, addon, job)
     assert sorted(objects) == [1, 4] == sorted(e["label"] for e in manifest["instances"])
     root = bpy.data.objects["living_room_scene"]
-    assert root.type == "EMPTY" and np.allclose(np.array(root.matrix_world), np.diag([4.0, 4, 4, 1]))
+    assert root["iscene_job"] == job.server_id and collection in root.users_collection
+    assert root.type == "EMPTY" and np.allclose(np.array(root.matrix_world), np.eye(4)), "unscaled, at the cursor"
     for entry in manifest["instances"]:
         obj = objects[entry["label"]]
         assert obj.name == f"living_room_{entry['label']}"
         assert obj.parent == root and collection in obj.users_collection
         assert len(obj.data.polygons) == entry["faces"] and len(obj.data.vertices) == entry["vertices"]
         assert np.allclose(world_bounds(obj), manifest_bounds(entry, root), atol=1e-4)
-        origin = np.array(root.matrix_world) @ np.r_[entry["bbox"]["origin"], 1.0]
+        origin = scene_to_world(root) @ np.r_[entry["bbox"]["origin"], 1.0]
         assert np.allclose(np.array(obj.matrix_world.translation), origin[:3], atol=1e-4), "origin: bottom centre"
+        assert np.allclose(obj.matrix_world.to_scale(), (1, 1, 1), atol=1e-6), "mesh data in metres"
         assert obj["iscene_job"] == job.server_id and obj["iscene_seed"] == entry["seed"]
         assert json.loads(obj["iscene_model"]) == manifest["models"]
         assert obj["iscene_mesh_sha256"] == hashlib.sha256(job_folder_file(job, entry["file"])).hexdigest()
@@ -160,7 +160,7 @@ def test_imported_objects_use_a_vertex_colour_material(bpy, addon, inputs):
     job = generate(bpy, addon)
     for obj in instances(bpy, addon, job).values():
         material = obj.active_material
-        assert material.name == addon.importer.MATERIAL
+        assert material.get(addon.importer.COLOUR_MATERIAL) and material.users == 1, "one material per object"
         (link,) = [link for link in material.node_tree.links if link.to_socket.name == "Base Color"]
         assert link.from_node.type == "VERTEX_COLOR" and link.to_node.type == "BSDF_PRINCIPLED"
         colours = obj.data.color_attributes[link.from_node.layer_name]
@@ -181,7 +181,7 @@ def test_camera_sees_the_scene_as_the_image_with_it_behind(bpy, addon, inputs, s
     background = camera.data.background_images[0]
     assert background.image == inputs.image and camera.data.show_background_images
     assert np.allclose(camera.matrix_world.to_scale(), (1, 1, 1), atol=1e-5), "the root's scale is not inherited"
-    location = np.array(camera.parent.matrix_world) @ np.r_[camera_settings["location"], 1.0]
+    location = scene_to_world(camera.parent) @ np.r_[camera_settings["location"], 1.0]
     assert np.allclose(np.array(camera.matrix_world.translation), location[:3], atol=1e-4)
 
 
@@ -215,6 +215,7 @@ def test_regenerate_swaps_the_mesh_and_keeps_the_artists_edits(bpy, addon, input
     table.matrix_world = type(table.matrix_world)(edit.tolist()) @ table.matrix_world  # about the world origin
     scene_edit = np.array(addon.frames.edit_in_scene(root, table))
     table.modifiers.new("Smooth", "SUBSURF")
+    table.iscene_seed = table["iscene_mesh_seed"]  # unchanged field: Regenerate picks a new random seed
     override = bpy.data.materials.new("artist's wood")
     table.material_slots[0].link = "OBJECT"
     table.material_slots[0].material = override
@@ -231,12 +232,12 @@ def test_regenerate_swaps_the_mesh_and_keeps_the_artists_edits(bpy, addon, input
     assert table.data.name != old_mesh and old_mesh not in bpy.data.meshes, "the old mesh is swapped out"
     assert table["iscene_seed"] == entry["seed"] != old_seed and table["iscene_job"] == job.server_id
     assert np.allclose(np.array(addon.frames.edit_in_scene(root, table)), scene_edit, atol=1e-5)
-    expected = np.array(root.matrix_world) @ scene_edit @ np.linalg.inv(np.array(root.matrix_world))
+    expected = scene_to_world(root) @ scene_edit @ np.linalg.inv(scene_to_world(root))
     assert np.allclose(world_bounds(table), bounds_of_box(manifest_bounds(entry, root), expected), atol=1e-4)
     assert table.parent == root and [m.type for m in table.modifiers] == ["SUBSURF"]
     assert table.material_slots[0].material == override
     assert np.allclose(np.array(objects[4].matrix_world), np.array(plant_matrix))
-    assert bpy.data.collections[first.collection]["iscene_job"] == job.server_id
+    assert root["iscene_job"] == job.server_id
 
 
 def bounds_of_box(box: np.ndarray, matrix: np.ndarray) -> np.ndarray:
@@ -246,7 +247,7 @@ def bounds_of_box(box: np.ndarray, matrix: np.ndarray) -> np.ndarray:
 
 
 def move_in_world(obj, x: float, y: float, z: float) -> None:
-    """What grabbing the object in the viewport does (its location is in the scaled root's frame)."""
+    """What grabbing the object in the viewport does."""
     obj.matrix_world = type(obj.matrix_world)(translation(x, y, z).tolist()) @ obj.matrix_world
 
 
@@ -256,7 +257,7 @@ def test_refine_sends_the_edits_in_the_scene_frame_and_respects_locks(bpy, addon
     table, plant = objects[1], objects[4]
     root = plant.parent
     table_matrix, table_hash = table.matrix_world.copy(), table["iscene_mesh_sha256"]
-    move_in_world(plant, 0.25, 0, 0)  # 1/16 of the 4-unit scene cube
+    move_in_world(plant, 0.25, 0, 0)  # metres
     move_in_world(table, 0, 0.5, 0)  # moved but locked: refine must keep it as it is
     table.iscene_locked = True
     table_matrix = table.matrix_world.copy()
@@ -268,7 +269,8 @@ def test_refine_sends_the_edits_in_the_scene_frame_and_respects_locks(bpy, addon
 
     params = server.get(f"/v1/jobs/{job.server_id}")["params"]
     assert params["locked"] == [1] and list(params["transforms"]) == ["4"]
-    assert np.allclose(np.array(params["transforms"]["4"]), translation(0.25 / 4, 0, 0), atol=1e-6)
+    scale = root["iscene_scale"]
+    assert np.allclose(np.array(params["transforms"]["4"]), translation(0.25 / scale, 0, 0), atol=1e-6)
     manifest = server.get(f"/v1/jobs/{job.server_id}/scene")
     assert 4 in manifest["refine"]["resampled"] + manifest["refine"]["moved_only"]
     entry = next(e for e in manifest["instances"] if e["label"] == 4)
@@ -283,14 +285,15 @@ def test_refine_sends_the_edits_in_the_scene_frame_and_respects_locks(bpy, addon
 def test_refine_of_selected_objects_locks_the_others(bpy, addon, inputs):
     first = generate(bpy, addon)
     objects = instances(bpy, addon, first)
+    root = scene_root(bpy, addon, first)
     move_in_world(objects[4], 0.25, 0, 0)
     move_in_world(objects[1], -0.25, 0, 0)
     select_only(bpy, objects[4])
-    transforms, locked = addon.operators.refine_request(bpy.context, bpy.data.collections[first.collection], True)
-    assert list(transforms) == [4] and locked == [1]
+    params = addon.job_requests.refine_request(bpy.context, root, True, 0.5).params
+    assert list(params["transforms"]) == [4] and params["locked"] == [1]
     bpy.data.objects.remove(objects[1])
-    transforms, locked = addon.operators.refine_request(bpy.context, bpy.data.collections[first.collection], False)
-    assert list(transforms) == [4] and locked == [1], "a deleted object is kept out of the refine"
+    params = addon.job_requests.refine_request(bpy.context, root, False, 0.5).params
+    assert list(params["transforms"]) == [4] and params["locked"] == [1], "a deleted object is kept out"
 
 
 # --- cancel and failures ------------------------------------------------------------------------------------
@@ -374,6 +377,9 @@ def test_a_different_service_at_the_url_is_named_as_such(bpy, addon, inputs, pre
         bpy.ops.iscene.check_server()
         pump_until(addon, lambda: addon.pump.RUNTIME.health_error is not None, timeout=30)
         assert addon.panel.health_line(bpy.context) == ("ERROR", "Not an I-Scene server at this URL")
+        with pytest.raises(RuntimeError, match="(not an|not like an) I-Scene server.*server URL"):
+            bpy.ops.iscene.generate()  # greyed out, saying why
+        addon.pump.RUNTIME.health_error = None  # as before the first health check: the job finds out
         job = run_operator(addon, bpy.ops.iscene.generate)
     assert job.state == "failed"
     assert "not an I-Scene server" in job.message or "not like an I-Scene server" in job.message
@@ -401,6 +407,9 @@ def test_a_wrong_token_is_rejected_with_the_fix(bpy, addon, inputs, prefs, guard
     bpy.ops.iscene.check_server()
     pump_until(addon, lambda: addon.pump.RUNTIME.health_error is not None, timeout=30)
     assert addon.panel.health_line(bpy.context)[1].startswith("Token rejected")
+    with pytest.raises(RuntimeError, match="access token"):
+        bpy.ops.iscene.generate()
+    addon.pump.RUNTIME.health_error = None
     job = run_operator(addon, bpy.ops.iscene.generate)
     assert job.state == "failed" and "access token" in job.message and "add-on preferences" in job.hint
     assert guarded_server.get("/v1/jobs")["jobs"] == [], "nothing was queued"
@@ -444,13 +453,13 @@ def test_generate_without_inputs_says_what_is_missing(bpy, addon, prefs):
 
 def test_server_side_input_errors_reach_the_artist(bpy, addon, inputs, scene_pngs, tmp_path):
     from PIL import Image
-    blank = tmp_path / "blank_labels.png"
-    Image.new("L", (320, 240)).save(blank)
-    inputs.labels = bpy.data.images.load(str(blank))
+    squashed = tmp_path / "squashed_labels.png"
+    Image.new("L", (320, 100), 3).save(squashed)  # one object, but not the image's framing
+    inputs.labels = bpy.data.images.load(str(squashed))
     job = run_operator(addon, bpy.ops.iscene.generate)
-    assert job.state == "failed" and "instance" in job.message and job.hint
+    assert job.state == "failed" and "aspect" in job.message and job.hint
     assert bpy.ops.iscene.copy_error(key=job.key) == {"FINISHED"}  # headless Blender has no clipboard to read
-    report = addon.operators.error_report(job)
+    report = addon.operators.error_report(addon.history.find(bpy.context.scene, job.key))
     assert job.message in report and job.hint in report and "Server job: none" in report  # refused at submit
     retried = run_operator(addon, lambda: bpy.ops.iscene.retry(key=job.key))
     assert retried.key != job.key and retried.inputs == job.inputs and retried.params == job.params
@@ -488,42 +497,59 @@ class RecordingLayout:
     row = column = box = _nested
 
     def label(self, text="", icon="NONE"):
-        self.drawn.append(("label", text))
+        self.drawn.append(("label", text, icon))
 
     def prop(self, data, name, **kwargs):
         assert name in data.bl_rna.properties, f"{data!r} has no property {name!r}"
-        self.drawn.append(("prop", name))
+        self.drawn.append(("prop", name, ""))
 
     def operator(self, idname, **kwargs):
         group, name = idname.split(".")
         assert hasattr(getattr(self.bpy.ops, group), name), f"no operator {idname}"
-        self.drawn.append(("operator", idname))
+        self.drawn.append(("operator", idname, ""))
         return SimpleNamespace()
 
     def progress(self, text="", factor=0.0, type="BAR"):
         assert 0.0 <= factor <= 1.0
-        self.drawn.append(("progress", text))
+        self.drawn.append(("progress", text, ""))
 
 
-def test_the_panels_draw_every_control(bpy, addon, inputs):
+def draw_panel(bpy, panel) -> list:
+    drawn = []
+    panel.draw(SimpleNamespace(layout=RecordingLayout(bpy, drawn)), bpy.context)
+    return drawn
+
+
+def test_the_panels_draw_every_control_where_it_works(bpy, addon, inputs):
     job = generate(bpy, addon)
-    running = addon.jobs.Job("generate", "busy", "Scene", Path("."), state="running", stage="stage 1", step=3,
+    running = addon.jobs.Job("generate", "busy", "Scene", Path("."), state="running", stage="stage1", step=3,
                              total=25, progress=0.1, eta_s=75.0)
     failed = addon.jobs.Job("segment", "broken", "Scene", Path("."), state="failed", message="it broke", hint="fix")
-    addon.pump.RUNTIME.jobs.update({running.key: running, failed.key: failed})
+    cancelled = addon.jobs.Job("generate", "stopped", "Scene", Path("."), state="cancelled")
+    for fake in (running, failed, cancelled):
+        addon.pump.RUNTIME.jobs[fake.key] = fake
+        addon.history.save(bpy.context.scene, fake)
     addon.pump.RUNTIME.health = {"state": "ready", "device": "cpu", "model": "tiny", "models": None,
                                  "segment": {"available": False}}
     addon.pump.RUNTIME.health_checked = time.time()
+    assert counted_objects(bpy, addon, inputs.labels) == 2
     select_only(bpy, instances(bpy, addon, job)[1])
     drawn_by = {}
     for panel in (addon.panel.VIEW3D_PT_iscene, addon.panel.IMAGE_PT_iscene):
-        drawn = drawn_by[panel.bl_space_type] = []
-        panel.draw(SimpleNamespace(layout=RecordingLayout(bpy, drawn)), bpy.context)
-        texts = [text for kind, text in drawn if kind in ("label", "progress")]
-        assert "Ready: tiny on cpu" in texts and "2 instances in the label map" in texts
-        assert "stage 1 3/25 · ETA 1:15" in texts and "it broke" in texts and "fix" in texts
-        assert any("pip install iscene-server[segment]" in text for text in texts)
-        assert {("operator", "iscene.generate"), ("operator", "iscene.segment"), ("operator", "iscene.cancel"),
-                ("operator", "iscene.retry"), ("operator", "iscene.copy_error")} <= set(drawn)
-    assert {("operator", "iscene.regenerate"), ("operator", "iscene.refine"), ("prop", "iscene_locked")} <= set(
-        drawn_by["VIEW_3D"]), "the 3D View's panel edits the active generated object"
+        drawn = drawn_by[panel.bl_space_type] = draw_panel(bpy, panel)
+        texts = [text for kind, text, _ in drawn if kind in ("label", "progress")]
+        assert "Ready: tiny on cpu" in texts and "2 objects in the label map" in texts
+        assert "Layout 3/25 · ETA 1:15" in texts and "fix" in texts and "Cancelled" in texts
+        assert ("label", "it broke", "ERROR") in drawn, "errors carry the ERROR icon"
+        assert {("operator", "iscene.generate", ""), ("operator", "iscene.cancel", ""),
+                ("operator", "iscene.retry", ""), ("operator", "iscene.copy_error", ""),
+                ("operator", "iscene.reimport", ""), ("operator", "iscene.remove_job", "")} <= set(drawn)
+    image_editor, view_3d = set(drawn_by["IMAGE_EDITOR"]), set(drawn_by["VIEW_3D"])
+    assert any("pip install iscene-server[segment]" in entry[1] for entry in image_editor)
+    segmenting = {("operator", "iscene.segment", ""), ("prop", "show_overlay", ""), ("prop", "overlay_opacity", "")}
+    assert segmenting <= image_editor and not segmenting & view_3d, "segmenting works in the Image Editor only"
+    editing = {("operator", "iscene.regenerate", ""), ("operator", "iscene.refine", ""), ("prop", "iscene_locked", ""),
+               ("prop", "iscene_seed", ""), ("operator", "iscene.randomize_seed", ""),
+               ("operator", "iscene.set_size", "")}
+    assert editing <= view_3d and not editing & image_editor, "the 3D View's panel edits the selected objects"
+    assert any(entry[1].startswith("Scene camera: living_room_camera, 320×240") for entry in view_3d), view_3d

@@ -51,6 +51,8 @@ class GenerationParams(StrictModel):
     labels: list[Label] | None = Field(None, min_length=1, max_length=100, description="only these instances")
     min_floater: float = Field(0.02, ge=0, le=1, description="drop mesh parts smaller than this fraction")
     mesh_grid: Literal["iscene", "trellis"] = "iscene"
+    name: str | None = Field(None, max_length=200, description="what job lists call the scene, e.g. the image's "
+                             "file name (not used by the model)")
 
 
 class RegenerateBody(StrictModel):
