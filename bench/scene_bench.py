@@ -13,122 +13,93 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from device_clock import Laps, device_name, peak_memory_mb, stamp
+from reference_layout import decode_every_slot, reference_conditions, reference_stage1
+from scenes import synthetic_scene
 
-EXAMPLE = Path(__file__).parents[1] / "examples" / "living_room.png"
-COLUMNS = ("stage1", "stage2", "mesh_decoder", "extraction", "export")
-
-
-def synthetic_scene(count: int, folder: Path) -> tuple[Path, Path]:
-    """The example render with ``count`` rectangular instances laid out on a grid."""
-    image = Image.open(EXAMPLE).convert("RGB")
-    w, h = image.size
-    ids = np.zeros((h, w), np.uint8)
-    cols = int(np.ceil(np.sqrt(count)))
-    rows = int(np.ceil(count / cols))
-    for i in range(count):
-        r, c = divmod(i, cols)
-        x0, y0 = 80 + c * (w - 160) // cols, 60 + r * (h - 120) // rows
-        ids[y0:y0 + (h - 120) // rows - 12, x0:x0 + (w - 160) // cols - 12] = i + 1
-    image_path, labels_path = folder / "scene.png", folder / "labels.png"
-    image.save(image_path)
-    Image.fromarray(ids).save(labels_path)
-    return image_path, labels_path
-
-
-def peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+COLUMNS = ("stage1", "camera", "stage2", "mesh_decoder", "extraction", "cleanup", "export")
 
 
 def run_ours(pipeline, scene, request, out: Path) -> dict:
+    """``ScenePipeline.generate`` and the export; ``wall`` is the whole of it (the camera solve and the mesh
+    clean-up overlap the GPU work, so the stage figures add up to more than the wall time)."""
     from iscene_server.engine.results import SceneWriter
 
+    start = stamp(pipeline.device)
     result = pipeline.generate(scene, request)
-    start = time.perf_counter()
+    export_start = time.perf_counter()
     SceneWriter(out, {"models": pipeline.package.model_ids(), "inputs": {}}).write_scene(result)
+    end = time.perf_counter()
     t = result.timings
-    return {"stage1": t["preprocess"] + t["condition"] + t["stage1"] + t["decode"], "stage2": t["stage2"],
-            "mesh_decoder": t["mesh_decoder"], "extraction": t["extraction"],
-            "export": t["mesh_cleanup"] + time.perf_counter() - start}
+    return {"stage1": t["preprocess"] + t["condition"] + t["stage1"] + t["decode"], "camera": t.get("camera", 0.0),
+            "stage2": t["stage2"], "mesh_decoder": t["mesh_decoder"], "extraction": t["extraction"],
+            "cleanup": t.get("mesh_cleanup", 0.0), "export": end - export_start, "wall": end - start}
 
 
 def run_reference(pipeline, scene, request, out: Path) -> dict:
     """The reference's work with our networks: per-instance scene slots, all slots through stage 2,
-    dense FlexiCubes."""
+    dense FlexiCubes, clean-up one object after another; no camera solve (the reference has none)."""
     from iscene_server.engine.preprocess import build_slots
-    from iscene_server.engine.samplers import FlowEulerSampler
-    from iscene_server.engine.stage1 import Stage1, slot_noise
+    from iscene_server.engine.stage1 import Stage1
     from iscene_server.engine.stage2 import Stage2
     from iscene_server.geometry.export import write_instance_glb
     from iscene_server.geometry.postprocess import ColoredMesh, postprocess
 
-    times, clock = {}, time.perf_counter()
     models, device = pipeline.models, pipeline.device
+    laps = Laps(device)
     slots = build_slots(scene, pipeline.package.exp_setting)
     scene_cond, instance_cond = pipeline.conditions(slots)
-    count = len(slots.label_ids)
+    seeds = [request.seed] * len(slots.label_ids)  # one seed for every object, as the reference runs
     settings = pipeline.package.sampler("sparse_structure_sampler", steps=request.steps)
     denoiser = models.get("denoiser")
-    noise = slot_noise(request.seed, 2, 8, denoiser.resolution)[None].repeat(count, 1, 1, 1, 1, 1).to(device)
-    cond = torch.stack([instance_cond[:, 0], scene_cond[None].expand(count, -1, -1)], 1).to(device)
-    latents = FlowEulerSampler().sample(denoiser, noise, cond, torch.zeros_like(cond), steps=settings.steps,
-                                        rescale_t=settings.rescale_t, guidance=settings.guidance).samples
     stage1 = Stage1(denoiser, models.get("sparse_structure_decoder"), settings, device)
-    coords = stage1.decode(latents.flatten(0, 1).cpu())  # every slot, as the reference does
-    times["stage1"] = time.perf_counter() - clock
+    coords = decode_every_slot(stage1, reference_stage1(stage1, scene_cond, instance_cond, seeds))
+    laps.lap("stage1")
 
-    clock = time.perf_counter()
     slat = pipeline.package.sampler("slat_sampler", steps=request.slat_steps)
     stage2 = Stage2(models.get("slat_flow_model"), models.get("slat_decoder_mesh"), slat,
                     pipeline.package.base.args["slat_normalization"], device, mesh_grid=request.mesh_grid)
-    sampled = stage2.sample(coords, cond.flatten(0, 1), [request.seed] * len(coords), 2)
-    times["stage2"] = time.perf_counter() - clock
+    cond = reference_conditions(scene_cond, instance_cond).flatten(0, 1)
+    sampled = stage2.sample(coords, cond, [request.seed] * len(coords), denoiser.num_slots)
+    laps.lap("stage2")
 
-    times.update(mesh_decoder=0.0, extraction=0.0, export=0.0)
     for k, label in enumerate(slots.label_ids):
-        clock = time.perf_counter()
-        head = stage2.mesh_head(sampled, 2 * k)  # the reference skips scene slots when decoding
-        times["mesh_decoder"] += time.perf_counter() - clock
-        clock = time.perf_counter()
+        head = stage2.mesh_head(sampled, k * denoiser.num_slots)  # slot 0; the reference skips scene slots here
+        laps.lap("mesh_decoder")
         raw = stage2.extract(head, dense=True)
-        times["extraction"] += time.perf_counter() - clock
-        clock = time.perf_counter()
-        mesh = postprocess(ColoredMesh(raw.vertices.numpy(), raw.faces.numpy(), raw.vertex_attrs[:, :3].numpy()),
+        laps.lap("extraction")
+        mesh = postprocess(ColoredMesh(raw.vertices.cpu().numpy(), raw.faces.cpu().numpy(),
+                                       raw.vertex_attrs[:, :3].cpu().numpy()),
                            min_fraction=request.min_floater_fraction, target_faces=request.target_faces)
+        laps.lap("cleanup")
         write_instance_glb(out / f"instance_{label}.glb", mesh, label=label, seed=request.seed, model_ids={})
-        times["export"] += time.perf_counter() - clock
-    return times
+        laps.lap("export")
+    return {"camera": 0.0, **laps.times, "wall": laps.wall}
 
 
 def worker(args) -> dict:
     from iscene_server.engine.pipeline import GenerationRequest, ScenePipeline
     from iscene_server.engine.preprocess import load_scene
+    from random_models import build_generation_networks
 
-    pipeline = ScenePipeline.from_pretrained(args.model, args.device, args.dtype)
-    for role in ("image_conditioner", "denoiser", "sparse_structure_decoder", "slat_flow_model", "slat_decoder_mesh"):
-        pipeline.models.get(role)  # load before timing
-    with tempfile.TemporaryDirectory() as tmp:
+    with ScenePipeline.from_pretrained(args.model, args.device, args.dtype) as pipeline, \
+            tempfile.TemporaryDirectory() as tmp:
+        build_generation_networks(pipeline)  # load before timing
         scene = load_scene(*synthetic_scene(args.instances, Path(tmp)))
         request = GenerationRequest(steps=args.steps, slat_steps=args.steps, target_faces=args.target_faces)
         if pipeline.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pipeline.device)
         run = run_reference if args.mode == "reference" else run_ours
         times = run(pipeline, scene, request, Path(tmp))
-    return {"instances": args.instances, "mode": args.mode, **{k: round(v, 3) for k, v in times.items()},
-            "total": round(sum(times.values()), 3), "peak_mb": round(peak_memory_mb(pipeline.device)),
-            "device": torch.cuda.get_device_name() if pipeline.device.type == "cuda" else "CPU",
-            "threads": torch.get_num_threads()}
+        return {"instances": args.instances, "mode": args.mode, **{k: round(v, 3) for k, v in times.items()},
+                "peak_mb": round(peak_memory_mb(pipeline.device)), "device": device_name(pipeline.device)}
 
 
 def main() -> None:
@@ -158,16 +129,17 @@ def main() -> None:
                        "--device", args.device, "--dtype", args.dtype]
                 out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
                 rows.append(json.loads(out.strip().splitlines()[-1]))
-    print(f"device: {rows[0]['device']} ({rows[0]['threads']} threads), {args.steps} steps per stage, "
-          f"times in s, peak memory in MB ({'GPU' if rows[0]['device'] != 'CPU' else 'process RSS'})")
-    header = f"{'N':>2} {'mode':<9}" + "".join(f"{c:>13}" for c in COLUMNS + ("total", "peak_mb"))
-    print(header)
+    memory = "process RSS" if "CPU" in rows[0]["device"] else "GPU"
+    print(f"device: {rows[0]['device']}, {args.steps} steps per stage, times in s, peak memory in MB ({memory}); "
+          "wall: start to last file written (ours overlaps the camera solve and clean-up with the GPU)")
+    table = COLUMNS + ("wall", "peak_mb")
+    print(f"{'N':>2} {'mode':<9}" + "".join(f"{c:>13}" for c in table))
     for row in rows:
-        print(f"{row['instances']:>2} {row['mode']:<9}" + "".join(f"{row[c]:>13}" for c in COLUMNS + ("total", "peak_mb")))
+        print(f"{row['instances']:>2} {row['mode']:<9}" + "".join(f"{row[c]:>13}" for c in table))
     print("reference / ours:")
     for count in args.counts:
         ours, ref = (next(r for r in rows if r["instances"] == count and r["mode"] == m) for m in ("ours", "reference"))
-        ratios = "".join(f"{(ref[c] / ours[c] if ours[c] else float('nan')):>12.2f}x" for c in COLUMNS + ("total", "peak_mb"))
+        ratios = "".join(f"{(ref[c] / ours[c] if ours[c] else float('nan')):>12.2f}x" for c in table)
         print(f"{count:>2} {'':<9}{ratios}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -11,40 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-
-RELEASE_DENOISER = {"resolution": 16, "in_channels": 8, "out_channels": 8, "model_channels": 1024,
-                    "cond_channels": 1024, "num_blocks": 24, "num_heads": 16, "mlp_ratio": 4, "patch_size": 1,
-                    "pe_mode": "ape", "qk_rms_norm": True, "use_fp16": True, "scene_context_attn_num": 5,
-                    "exp_setting": "global"}
-RELEASE_DECODER = {"out_channels": 1, "latent_channels": 8, "num_res_blocks": 2, "num_res_blocks_middle": 2,
-                   "channels": [512, 128, 32], "use_fp16": True}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
-def random_networks(device: torch.device, dtype: torch.dtype):
-    """Release-size denoiser, decoder and conditioner with random weights (for timing only)."""
-    from iscene_server.nn.image_conditioner import ImageConditioner
-    from iscene_server.nn.registry import build_network
-
-    nets = [build_network("SparseStructureSceneContextFlowModel", RELEASE_DENOISER),
-            build_network("SparseStructureDecoder", RELEASE_DECODER), ImageConditioner()]
-    for net in nets[:2]:
-        net.set_torso_dtype(dtype)
-    return [net.to(device).eval().requires_grad_(False) for net in nets]
+from device_clock import device_name, peak_memory_mb, stamp
+from random_models import random_model_set
+from reference_layout import decode_every_slot, reference_stage1
 
 
 def synthetic_conditions(conditioner, count: int, device: torch.device):
@@ -55,18 +30,16 @@ def synthetic_conditions(conditioner, count: int, device: torch.device):
 
 
 def run_one(args) -> dict:
-    from iscene_server.engine.packages.loader import resolve_device, resolve_dtype
-    from iscene_server.engine.samplers import FlowEulerSampler, SamplerSettings
-    from iscene_server.engine.stage1 import Stage1, slot_noise
+    from iscene_server.engine.packages.layouts import IScenePackage
+    from iscene_server.engine.packages.loader import ModelSet, resolve_device, resolve_dtype
+    from iscene_server.engine.samplers import SamplerSettings
+    from iscene_server.engine.stage1 import Stage1
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(device, args.dtype)
-    if args.full_size:
-        denoiser, decoder, conditioner = random_networks(device, dtype)
-    else:
-        from iscene_server.engine.packages.layouts import IScenePackage
-        from iscene_server.engine.packages.loader import ModelSet
-        models = ModelSet(IScenePackage.open(args.model), device, dtype)
+    with tempfile.TemporaryDirectory() as tmp:
+        models = (random_model_set(Path(tmp), device, dtype) if args.full_size
+                  else ModelSet(IScenePackage.open(args.model), device, dtype))
         denoiser, decoder, conditioner = (models.get(r) for r in
                                           ("denoiser", "sparse_structure_decoder", "image_conditioner"))
     settings = SamplerSettings(steps=args.steps)
@@ -74,41 +47,26 @@ def run_one(args) -> dict:
     scene_cond, instance_cond = synthetic_conditions(conditioner, args.instances, device)
     seeds = list(range(args.instances))
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
     step_times: list[float] = []
     last = [0.0]
 
     def on_step(step, total, t):
-        sync()
-        now = time.perf_counter()
+        now = stamp(device)  # one wait per sampling step: the step's own time, not its launch
         step_times.append(now - last[0])
         last[0] = now
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    sync()
-    start = last[0] = time.perf_counter()
+    start = last[0] = stamp(device)
     if args.reference_layout:
-        num_slots = denoiser.num_slots
-        noise = torch.stack([slot_noise(s, num_slots, 8, denoiser.resolution) for s in seeds]).to(device)
-        cond = torch.stack([instance_cond[:, 0], scene_cond[None].expand(args.instances, -1, -1)], 1)
-        result = FlowEulerSampler().sample(denoiser, noise, cond, torch.zeros_like(cond), steps=settings.steps,
-                                           rescale_t=settings.rescale_t, guidance=settings.guidance,
-                                           callback=on_step)
-        stage1.decode(result.samples.flatten(0, 1))  # the reference decodes every slot
+        decode_every_slot(stage1, reference_stage1(stage1, scene_cond, instance_cond, seeds, on_step))
     else:
         _, latents = stage1.sample(scene_cond, instance_cond, 0, seeds, callback=on_step)
         stage1.decode(latents)
-    sync()
-    total = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    total = stamp(device) - start
     return {"instances": args.instances, "layout": "reference" if args.reference_layout else "shared-scene",
             "steps": settings.steps, "step_s_mean": sum(step_times) / len(step_times),
-            "stage1_total_s": total, "peak_memory_mb": peak / 2 ** 20, "device": device_name(device),
+            "stage1_total_s": total, "peak_memory_mb": peak_memory_mb(device), "device": device_name(device),
             "dtype": str(dtype).removeprefix("torch."), "full_size": args.full_size}
 
 
@@ -144,11 +102,11 @@ def main() -> None:
                 rows.append(json.loads(out.strip().splitlines()[-1]))
     print(f"device: {rows[0]['device']}, dtype {rows[0]['dtype']}, "
           f"{'release-size random weights' if args.full_size else 'tiny package'}, {args.steps} steps")
-    memory = "GPU peak MB" if rows[0]["device"].find("CPU") < 0 else "peak RSS MB"
+    memory = "peak RSS MB" if "CPU" in rows[0]["device"] else "GPU peak MB"
     print(f"{'N':>3} {'layout':<13} {'s/step':>8} {'stage1 s':>9} {memory:>12}")
     for row in rows:
-        print(f"{row['instances']:>3} {row['layout']:<13} {row['step_s_mean']:>8.3f} {row['stage1_total_s']:>9.2f} "
-              f"{row['peak_memory_mb']:>12.0f}")
+        print(f"{row['instances']:>3} {row['layout']:<13} {row['step_s_mean']:>8.3f} "
+              f"{row['stage1_total_s']:>9.2f} {row['peak_memory_mb']:>12.0f}")
     if args.compare_reference:
         for count in args.counts:
             ours, ref = (next(r for r in rows if r["instances"] == count and r["layout"] == lay)

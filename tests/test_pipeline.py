@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,70 @@ def test_meshes_are_returned_in_the_scene_frame(pipeline, first_stage, grid):
     half_cell = 0.5 / 256
     np.testing.assert_allclose(mesh.vertices.min(0).values.numpy(), voxel_min, atol=2 * half_cell)
     np.testing.assert_allclose(mesh.vertices.max(0).values.numpy(), voxel_max, atol=2 * half_cell)
+
+
+# ---- the CPU work beside the GPU -----------------------------------------------------------------
+
+TWO_OBJECTS = dict(steps=1, slat_steps=1, target_faces=2000, labels=[1, 2])
+
+
+@pytest.fixture(scope="module")
+def two_object_scenes(pipeline):
+    """The same request through the worker pool and inline (``cleanup_workers=0``, the serial path)."""
+    from iscene_server.engine.pipeline import GenerationRequest
+
+    scene = load_scene(IMAGE, LABELS)
+    pooled = pipeline.generate(scene, GenerationRequest(**TWO_OBJECTS))
+    with ScenePipeline(pipeline.models, cleanup_workers=0) as serial:
+        inline = serial.generate(scene, GenerationRequest(**TWO_OBJECTS))
+    return scene, pooled, inline
+
+
+def test_pooled_meshes_and_camera_are_byte_identical_to_the_serial_path(pipeline, two_object_scenes):
+    from iscene_server.engine.camera.solve import solve_camera
+
+    scene, pooled, inline = two_object_scenes
+    assert pipeline.workers.workers >= 1
+    for a, b in zip(pooled.instances, inline.instances, strict=True):
+        assert a.label == b.label and a.extracted_faces == b.extracted_faces > a.mesh.face_count
+        for name in ("vertices", "faces", "colors"):
+            assert getattr(a.mesh, name).tobytes() == getattr(b.mesh, name).tobytes()
+    voxels = {i.label: i.structure.coords for i in pooled.instances}
+    direct = solve_camera(voxels, scene.ids, pooled.slots.scene_box)
+    assert pooled.camera.to_dict() == inline.camera.to_dict() == direct.to_dict()
+
+
+def test_timings_cover_every_stage_and_the_gpu_end_is_stamped(two_object_scenes):
+    _, pooled, _ = two_object_scenes
+    assert set(pooled.timings) == {"preprocess", "condition", "stage1", "decode", "camera", "stage2",
+                                   "mesh_decoder", "extraction", "mesh_cleanup"}
+    assert all(seconds > 0 for seconds in pooled.timings.values())
+    assert pooled.gpu_finished_at is not None and pooled.gpu_finished_at < time.perf_counter()
+
+
+def test_cancel_inside_the_mesh_decoder_stops_before_its_next_block(pipeline, monkeypatch):
+    """The cancel arrives while block 0 of the first object's decoder runs: block 1 never runs, no other
+    object is decoded, nothing is cleaned up, and the job raises Cancelled."""
+    import threading
+
+    from iscene_server.engine.pipeline import GENERATE_PLAN, GenerationRequest
+    from iscene_server.engine.progress import ProgressTracker
+    from iscene_server.errors import Cancelled
+
+    decoder = pipeline.models.get("slat_decoder_mesh")
+    cancel, ran, submitted = threading.Event(), [], []
+    real_submit = pipeline.workers.submit
+    monkeypatch.setattr(pipeline.workers, "submit", lambda fn, *args: submitted.append(fn.__name__) or
+                        real_submit(fn, *args))
+    handles = [block.register_forward_hook(lambda *_, i=i: ran.append(i)) for i, block in enumerate(decoder.blocks)]
+    handles.append(decoder.blocks[0].register_forward_hook(lambda *_: cancel.set()))
+    try:
+        with pytest.raises(Cancelled):
+            pipeline.generate(load_scene(IMAGE, LABELS), GenerationRequest(**TWO_OBJECTS),
+                              ProgressTracker(GENERATE_PLAN, cancel=cancel))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(decoder.blocks) > 1 and ran == [0]
+    assert submitted == ["fit_camera"]  # the camera solve started with stage 2; no clean-up was submitted
+    assert not decoder._forward_pre_hooks and not any(b._forward_pre_hooks for b in decoder.blocks)

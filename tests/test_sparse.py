@@ -1,4 +1,7 @@
-"""Sparse building blocks against dense references and their documented semantics."""
+"""Sparse building blocks against dense references and their documented semantics.
+
+The convolution has its own file, ``test_sparse_conv.py``.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,6 @@ from iscene_server.nn import attention as dense_attention
 from iscene_server.nn.slat_mesh_decoder import SparseSiLU
 from iscene_server.nn.sparse import (
     Segments,
-    SparseConv3d,
     SparseDownsample,
     SparseGroupNorm32,
     SparseSubdivide,
@@ -18,7 +20,6 @@ from iscene_server.nn.sparse import (
     segmented_attention,
     segmented_cross_attention,
 )
-from iscene_server.nn.sparse import conv as conv_module
 from iscene_server.nn.sparse_transformer import window_segments
 
 
@@ -32,48 +33,6 @@ def random_voxels(batch: int, count: int, size: int, seed: int = 0) -> SparseTen
         rows.append(torch.cat([torch.full((count, 1), b), xyz], 1))
     coords = torch.cat(rows).int()
     return SparseTensor(torch.randn(len(coords), 5, generator=g), coords)
-
-
-def dense_grid(x: SparseTensor, size: int) -> torch.Tensor:
-    grid = torch.zeros(x.batch_size, x.feats.shape[1], size, size, size)
-    c = x.coords.long()
-    grid[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]] = x.feats
-    return grid
-
-
-def at_sites(grid: torch.Tensor, x: SparseTensor) -> torch.Tensor:
-    c = x.coords.long()
-    return grid[c[:, 0], :, c[:, 1], c[:, 2], c[:, 3]]
-
-
-@pytest.mark.parametrize("fill", [1.0, 0.3])
-def test_submanifold_conv_is_a_dense_conv_at_active_sites(fill):
-    size = 6
-    x = random_voxels(2, int(fill * size ** 3), size, seed=1)
-    conv = SparseConv3d(5, 7, 3)
-    expected = at_sites(F.conv3d(dense_grid(x, size), conv.conv.weight.permute(0, 4, 1, 2, 3), conv.conv.bias,
-                                 padding=1), x)
-    torch.testing.assert_close(conv(x).feats, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_kernel_one_conv_reads_the_stored_weight_as_in_by_out():
-    """spconv's 1x1x1 fast path: feats @ W.view(C_in, C_out), not feats @ W[:, 0, 0, 0, :].T."""
-    x = random_voxels(1, 20, 4)
-    conv = SparseConv3d(5, 3, 1)
-    weight = conv.conv.weight  # [3, 1, 1, 1, 5]
-    torch.testing.assert_close(conv(x).feats, x.feats @ weight.reshape(5, 3) + conv.conv.bias)
-    assert not torch.allclose(conv(x).feats, x.feats @ weight[:, 0, 0, 0, :].T + conv.conv.bias)
-
-
-def test_neighbour_maps_are_built_once_per_coordinate_set(monkeypatch):
-    calls = []
-    real = conv_module.neighbour_pairs
-    monkeypatch.setattr(conv_module, "neighbour_pairs", lambda *a: calls.append(1) or real(*a))
-    x = random_voxels(1, 50, 6)
-    conv_a, conv_b = SparseConv3d(5, 5), SparseConv3d(5, 5)
-    for _ in range(3):  # e.g. three sampling steps: x - dt * v keeps the coordinates and their cache
-        x = x - 0.1 * conv_b(conv_a(x))
-    assert len(calls) == 1
 
 
 def test_downsample_averages_with_the_reference_zero_count():

@@ -59,6 +59,12 @@ def _add_runtime_options(p: argparse.ArgumentParser, attention: bool = True) -> 
     if attention:
         p.add_argument("--attention", default=None, choices=["auto", "sdpa", "xformers", "naive"],
                        help="attention backend (default: $ISCENE_ATTN_BACKEND or auto)")
+        p.add_argument("--no-compile", action="store_true",
+                       help="run the transformer blocks eagerly (default: torch.compile on CUDA)")
+
+
+def _compile_option(args: argparse.Namespace) -> str | bool:
+    return False if args.no_compile else "auto"
 
 
 def _instance_seeds(pairs: list[str]) -> dict[int, int]:
@@ -95,7 +101,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         cfg_strength=args.cfg, slat_steps=args.slat_steps, slat_cfg_strength=args.slat_cfg,
         formats=tuple(args.formats), target_faces=args.target_faces, min_floater_fraction=args.min_floater,
         mesh_grid=args.mesh_grid)
-    pipeline = ScenePipeline.from_pretrained(args.model, args.device, args.dtype)
+    pipeline = ScenePipeline.from_pretrained(args.model, args.device, args.dtype, compile=_compile_option(args))
     header = {"models": pipeline.package.model_ids(), "device": str(pipeline.device),
               "dtype": str(pipeline.models.dtype).removeprefix("torch."), "inputs": inputs}
     writer = SceneWriter(args.out, header, parent if regenerating else None)
@@ -149,7 +155,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = ServiceSettings(model=args.model, data_dir=Path(args.data_dir), device=args.device, dtype=args.dtype,
                                max_queue=args.max_queue, job_timeout_s=args.job_timeout,
                                max_age_days=args.keep_days or None, max_store_gb=args.keep_gb or None,
-                               segment_model=args.segment_model)
+                               segment_model=args.segment_model, compile=_compile_option(args))
     service = JobService(settings)
     app = create_app(service, token=token, max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
                      max_pixels=args.max_pixels)
@@ -194,12 +200,18 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def cmd_parity(args: argparse.Namespace) -> int:
-    from .parity import run_files
+    import torch
+
+    from .engine.packages.loader import DTYPES, resolve_device
+    from .nn.compile import should_compile
+    from .parity import Precision, run_files
 
     if args.threads:
-        import torch
         torch.set_num_threads(args.threads)
-    results = run_files(args.files)
+    device = resolve_device(args.device)
+    precision = Precision(device, DTYPES[args.dtype], should_compile(_compile_option(args), device))
+    print(f"parity on {precision.describe()}", file=sys.stderr, flush=True)
+    results = run_files(args.files, precision)
     for result in results:
         print(result.line(), flush=True)
     return 0 if results and all(r.passed for r in results) else 1
@@ -295,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     par = sub.add_parser("parity", help="check our networks against reference golden vectors")
     par.add_argument("files", nargs="+", type=Path, help="vector files (X.safetensors with an X.json sidecar)")
     par.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    par.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1, ...")
+    par.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                     help="torso precision, as the engine runs it on CUDA (default float32: the reference's own "
+                          "tolerances; half precision is compared at tolerances scaled to its rounding)")
+    par.add_argument("--no-compile", action="store_true",
+                     help="on CUDA, run the transformer blocks eagerly instead of through torch.compile")
     par.set_defaults(func=cmd_parity)
 
     tiny = sub.add_parser("make-tiny-package", help="write a tiny seeded model package (tests, offline demo)")

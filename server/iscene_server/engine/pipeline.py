@@ -2,6 +2,10 @@
 
 Stages: preprocess (slot images) -> condition (DINOv2 tokens) -> stage 1 (sparse structure) ->
 stage 2 (structured latents) -> meshes (decode, FlexiCubes, clean-up) and optional Gaussians.
+
+The CPU work overlaps the GPU (engine/cleanup.py): the camera solve runs in a worker process while stage 2
+samples, and each object's mesh clean-up while the GPU decodes the next object, so the GPU never waits on the
+CPU and only the last object's clean-up is left once the GPU is done.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ import torch
 
 from ..errors import InputError
 from ..geometry.export import GaussianParams
-from ..geometry.postprocess import ColoredMesh, postprocess
-from .camera.solve import CameraFit, solve_camera
+from ..geometry.postprocess import ColoredMesh
+from .camera.solve import CameraFit
+from .cancel import cancellation_points
+from .cleanup import CleanupPool, CleanupTask, clean_mesh, fit_camera
 from .conditioning import encode_images
+from .eta import GENERATE_PLAN, STAGE1_PLAN
 from .packages.layouts import IScenePackage
 from .packages.loader import ModelSet, resolve_device, resolve_dtype
 from .preprocess import SceneInput, SceneSlots, build_slots
@@ -24,8 +31,6 @@ from .stage1 import InstanceStructure, SceneStructure, Stage1
 from .stage2 import MeshFrame, Stage2
 
 DEFAULT_SEED = 42  # the I-Scene inferencer's default
-STAGE1_PLAN = {"preprocess": 1.0, "condition": 1.0, "stage1": 20.0, "decode": 1.0}
-GENERATE_PLAN = {**STAGE1_PLAN, "stage2": 20.0, "meshes": 8.0}
 FORMATS = ("mesh", "gaussian")
 STAGE2_BATCH = 8  # instances sampled together in stage 2
 
@@ -87,6 +92,7 @@ class SceneResult:
     timings: dict[str, float]
     mesh_frame: MeshFrame
     camera: CameraFit | None = None  # None: keep the parent scene's camera
+    gpu_finished_at: float | None = None  # time.perf_counter() when the last GPU decode finished
 
 
 @dataclass
@@ -99,15 +105,33 @@ class Stage1Result:
 
 
 class ScenePipeline:
-    def __init__(self, models: ModelSet):
+    """The loaded networks and the worker pool for the CPU work; ``close()`` stops the workers.
+
+    ``cleanup_workers``: worker processes for mesh clean-up and the camera solve (default: one per core but
+    one, at most 6); 0 runs them inline, one after another, which is slower but easy to debug.
+    """
+
+    def __init__(self, models: ModelSet, cleanup_workers: int | None = None):
         self.models = models
         self.package = models.package
+        self.workers = CleanupPool(cleanup_workers)
 
     @classmethod
-    def from_pretrained(cls, spec: str, device: str = "auto", dtype: str = "auto") -> "ScenePipeline":
+    def from_pretrained(cls, spec: str, device: str = "auto", dtype: str = "auto",
+                        cleanup_workers: int | None = None, compile: str | bool = "auto") -> "ScenePipeline":
+        """``compile``: torch.compile of the transformer blocks, ``"auto"`` (CUDA only), True or False."""
         package = IScenePackage.open(spec)
         target = resolve_device(device)
-        return cls(ModelSet(package, target, resolve_dtype(target, dtype)))
+        return cls(ModelSet(package, target, resolve_dtype(target, dtype), compile=compile), cleanup_workers)
+
+    def close(self) -> None:
+        self.workers.close()
+
+    def __enter__(self) -> "ScenePipeline":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
 
     @property
     def device(self) -> torch.device:
@@ -133,11 +157,13 @@ class ScenePipeline:
     def _stage1(self, scene: SceneInput, request: Stage1Request, progress: ProgressTracker,
                 timer: "Timer") -> Stage1Result:
         progress.begin("preprocess")
-        slots = build_slots(scene, self.package.exp_setting, request.labels, request.scene_box)
+        slots = build_slots(scene, self.package.exp_setting, request.labels, request.scene_box,
+                            progress.check_cancelled)
         timer.lap("preprocess")
 
         progress.begin("condition")
-        scene_cond, instance_cond = self.conditions(slots)
+        with cancellation_points(self.models.get("image_conditioner"), progress.check_cancelled):
+            scene_cond, instance_cond = self.conditions(slots)
         timer.lap("condition")
 
         settings = self.package.sampler("sparse_structure_sampler", steps=request.steps,
@@ -151,7 +177,8 @@ class ScenePipeline:
         timer.lap("stage1")
 
         progress.begin("decode")
-        structure = stage1.assemble(slots.label_ids, seeds, request.seed, scene_latent, latents)
+        with cancellation_points(stage1.decoder, progress.check_cancelled):
+            structure = stage1.assemble(slots.label_ids, seeds, request.seed, scene_latent, latents)
         timer.lap("decode")
         return Stage1Result(slots, structure, describe_settings(settings), timer.timings, instance_cond)
 
@@ -161,16 +188,24 @@ class ScenePipeline:
         progress = progress or ProgressTracker(GENERATE_PLAN)
         timer = Timer()
         first = self._stage1(scene, request, progress, timer)
-        camera = None
+        camera, solving = None, None
         if request.scene_box is None:  # a new frame: fit its camera (regenerations keep their parent's)
             voxels = {i.label: i.coords for i in first.structure.instances}
-            camera = solve_camera(voxels, scene.ids, first.slots.scene_box)
-            timer.lap("camera")
-        results, settings, frame = self.finish_instances(first.structure.instances, first.instance_cond[:, 0],
-                                                         request, progress, timer)
+            solving = self.workers.submit(fit_camera, voxels, scene.ids, first.slots.scene_box)
+        try:
+            results, settings, frame = self.finish_instances(first.structure.instances,
+                                                             first.instance_cond[:, 0], request, progress, timer)
+            if solving is not None:
+                solved = self.workers.result(solving, "camera solve", progress.check_cancelled)
+                camera = solved.value
+                timer.add("camera", solved.seconds)
+        finally:
+            if solving is not None:
+                self.workers.cancel([solving])
         progress.finish()
         return SceneResult(first.slots, request.seed, first.structure.scene_latent, results,
-                           {"stage1": first.settings, "stage2": settings}, timer.timings, frame, camera)
+                           {"stage1": first.settings, "stage2": settings}, timer.timings, frame, camera,
+                           timer.gpu_finished_at)
 
     def finish_instances(self, instances: list[InstanceStructure], cond: torch.Tensor, request: GenerationRequest,
                          progress: ProgressTracker, timer: "Timer") -> tuple[list[InstanceResult], dict, MeshFrame]:
@@ -194,46 +229,93 @@ class ScenePipeline:
         timer.lap("stage2")
 
         progress.begin("meshes", len(instances))
-        results = []
-        for index, inst in enumerate(instances):
-            batch = latents[index // STAGE2_BATCH]
-            results.append(self._decode(stage2, batch, index % STAGE2_BATCH, inst, request, timer))
-            progress.step(index + 1)
-        return results, describe_settings(settings), stage2.frame
+        decoded, cleaning = [], []
+        try:
+            for index, inst in enumerate(instances):
+                batch = latents[index // STAGE2_BATCH]
+                result, raw = self._decode(stage2, batch, index % STAGE2_BATCH, inst, request, progress, timer)
+                decoded.append(result)
+                timer.gpu_done()  # the last object's stamp stays: the GPU's last work for this job
+                if raw is not None:  # clean it up while the GPU decodes the next object
+                    task = CleanupTask(inst.label, raw, request.min_floater_fraction, request.target_faces)
+                    cleaning.append((index, self.workers.submit(clean_mesh, task)))
+                    timer.skip()  # submitting (inline: doing) the clean-up is charged through its worker time
+                progress.step(_finished(decoded, cleaning))
+            for index, future in cleaning:
+                cleaned = self.workers.result(future, f"mesh clean-up of instance {instances[index].label}",
+                                              progress.check_cancelled)
+                decoded[index].mesh = cleaned.value
+                timer.add("mesh_cleanup", cleaned.seconds)
+                progress.step(_finished(decoded, cleaning))
+        finally:
+            self.workers.cancel(future for _, future in cleaning)
+        timer.skip()
+        return decoded, describe_settings(settings), stage2.frame
 
     def _decode(self, stage2: Stage2, latents, index: int, inst: InstanceStructure, request: GenerationRequest,
-                timer: "Timer") -> InstanceResult:
-        mesh, extracted, gaussians = None, 0, None
+                progress: ProgressTracker, timer: "Timer") -> tuple[InstanceResult, ColoredMesh | None]:
+        """The GPU part of one object: its result (mesh still to clean up) and the extracted mesh on the CPU."""
+        raw, extracted, gaussians = None, 0, None
+        check = progress.check_cancelled
         if "mesh" in request.formats:
-            head = stage2.mesh_head(latents, index)
+            with cancellation_points(stage2.mesh_decoder, check):
+                head = stage2.mesh_head(latents, index)
             timer.lap("mesh_decoder")
-            raw = stage2.extract(head)
-            timer.lap("extraction")
-            extracted = int(raw.faces.shape[0])
+            check()
+            mesh = stage2.extract(head)
+            extracted = int(mesh.faces.shape[0])
             if extracted:
-                mesh = postprocess(ColoredMesh(raw.vertices.cpu().numpy(), raw.faces.cpu().numpy(),
-                                               raw.vertex_attrs[:, :3].cpu().numpy()),
-                                   min_fraction=request.min_floater_fraction, target_faces=request.target_faces)
-            timer.lap("mesh_cleanup")
+                raw = ColoredMesh(mesh.vertices.cpu().numpy(), mesh.faces.cpu().numpy(),
+                                  mesh.vertex_attrs[:, :3].cpu().numpy())
+            timer.lap("extraction")
+            check()
         if "gaussian" in request.formats:
-            params = stage2.decode_gaussians(latents, index)
+            with cancellation_points(stage2.gaussian_decoder, check):
+                params = stage2.decode_gaussians(latents, index)
             gaussians = GaussianParams(params.xyz.cpu().numpy(), params.features_dc.cpu().numpy(),
                                        params.opacity.cpu().numpy(), params.scaling.cpu().numpy(),
                                        params.rotation.cpu().numpy())
             timer.lap("gaussian_decode")
-        return InstanceResult(inst, mesh, gaussians, extracted)
+        return InstanceResult(inst, None, gaussians, extracted), raw
+
 
 class Timer:
-    """Accumulates wall time per named phase."""
+    """Accumulates wall time per named phase. Every reading first waits for queued CUDA work, so a phase is
+    charged for the kernels it launched; readings are taken at stage boundaries only, never inside loops."""
 
     def __init__(self):
         self.timings: dict[str, float] = {}
-        self._last = time.perf_counter()
+        self.gpu_finished_at: float | None = None
+        self._last = self._now()
+
+    @staticmethod
+    def _now() -> float:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return time.perf_counter()
 
     def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = self.timings.get(name, 0.0) + now - self._last
+        """Charge the time since the previous reading to ``name``."""
+        now = self._now()
+        self.add(name, now - self._last)
         self._last = now
+
+    def add(self, name: str, seconds: float) -> None:
+        """Charge work measured elsewhere (a worker process) to ``name``."""
+        self.timings[name] = self.timings.get(name, 0.0) + seconds
+
+    def skip(self) -> None:
+        """Start the next phase now, charging the time since the previous reading to no phase."""
+        self._last = self._now()
+
+    def gpu_done(self) -> None:
+        """Record the last reading (taken when a GPU phase ended, after its kernels) as the end of GPU work."""
+        self.gpu_finished_at = self._last
+
+
+def _finished(decoded: list, cleaning: list) -> int:
+    """Objects decoded and cleaned up so far (clean-ups may finish out of order)."""
+    return len(decoded) - sum(not future.done() for _, future in cleaning)
 
 
 def _batches(count: int) -> int:

@@ -1,18 +1,22 @@
-"""Progress of long work: stage, step i/n, overall fraction, ETA from measured step times; cancellation.
+"""Progress of long work: stage, step i/n, overall fraction, ETA from planned stage costs and measured step times;
+cancellation.
 
 The engine reports through a :class:`ProgressTracker`; listeners (the CLI's bar, the job API) receive
-:class:`ProgressUpdate` values. A set cancel event makes the next report raise :class:`Cancelled`, so
-cancellation takes effect within one sampling step.
+:class:`ProgressUpdate` values. A set cancel event makes the next report or :meth:`ProgressTracker.check_cancelled`
+raise :class:`Cancelled`; long work passes ``check_cancelled`` down as a plain callable and calls it between pieces
+of work that take well under a second, so cancelling takes effect within a second in every stage.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Callable, Mapping
 
 from ..errors import Cancelled, ISceneError
+
+PRIOR_SHARE = 0.25  # a prediction counts as much as this share of the job measured exactly on plan
 
 
 @dataclass(frozen=True)
@@ -29,22 +33,40 @@ Listener = Callable[[ProgressUpdate], None]
 
 
 class ProgressTracker:
-    """Weighted stages (``plan``: stage -> relative cost); each stage counts its own steps."""
+    """Stages planned in the order of ``plan`` (stage -> cost); each stage counts its own steps.
+
+    ``plan`` holds relative costs, or with ``predicted=True`` each stage's predicted seconds (:mod:`.eta`), which
+    gives an ETA from the start. The ETA is the current stage's remaining steps at their measured rate, plus the
+    planned cost of the stages still to come times how this job's work so far compared with its plan (the
+    weighted median of the stages' measured / planned ratios, with the prediction itself as a prior): a relative
+    plan is so turned into seconds, and a stage that runs unusually slowly in this job does not make every later
+    stage look slow.
+
+    Beginning a stage passes over the planned stages before it that have not run (skipped work). :meth:`finish`
+    ends the current stage; the job is done (listeners get stage ``"done"``) once no planned stage is left, so
+    stages planned after the engine's own work (export) are run by the caller, who then calls :meth:`finish` again.
+    """
 
     def __init__(self, plan: Mapping[str, float], listener: Listener | None = None,
                  cancel: threading.Event | None = None, clock: Callable[[], float] = time.monotonic,
-                 time_limit_s: float | None = None):
-        total = sum(plan.values()) or 1.0
-        self.weights = {name: w / total for name, w in plan.items()}
+                 time_limit_s: float | None = None, *, predicted: bool = False):
+        self.plan = {name: max(0.0, float(cost)) for name, cost in plan.items()}
+        total = sum(self.plan.values()) or 1.0
+        self.weights = {name: cost / total for name, cost in self.plan.items()}
+        self.prior_weight = PRIOR_SHARE * sum(self.plan.values()) if predicted else 0.0
+        self.predicted = predicted
         self.listener = listener
         self.cancel = cancel
         self.clock = clock
+        self.time_limit_s = time_limit_s
         self.started = clock()
-        self.done_weight = 0.0
         self.stage: str | None = None
         self.total = 1
         self.stage_started = self.started
-        self.time_limit_s = time_limit_s
+        self.durations: dict[str, float] = {}  # seconds of every stage that has ended
+        self.passed_over: list[str] = []  # planned stages skipped because a later one began
+        self.pending = list(self.plan)  # planned stages not begun yet
+        self.done = False
 
     def check_cancelled(self) -> None:
         """Raise :class:`Cancelled` if asked to stop, or a ``timeout`` error past the time limit."""
@@ -57,8 +79,11 @@ class ProgressTracker:
     def begin(self, stage: str, total: int = 1) -> None:
         """Start ``stage`` (finishing the previous one), which will report ``total`` steps."""
         self.check_cancelled()
-        if self.stage is not None:
-            self.done_weight += self.weights.get(self.stage, 0.0)
+        self._end_stage()
+        if stage in self.pending:
+            index = self.pending.index(stage)
+            self.passed_over += self.pending[:index]
+            del self.pending[:index + 1]
         self.stage, self.total, self.stage_started = stage, max(1, total), self.clock()
         self._emit(0)
 
@@ -70,23 +95,72 @@ class ProgressTracker:
         self.check_cancelled()
 
     def finish(self) -> None:
-        if self.stage is not None:
-            self.done_weight += self.weights.get(self.stage, 0.0)
-            self.stage = None
-        self.done_weight = 1.0
+        """End the current stage; with no planned stage left, the job is done."""
+        self._end_stage()
+        if self.pending or self.done:
+            return
+        self.done = True
         if self.listener:
-            elapsed = self.clock() - self.started
-            self.listener(ProgressUpdate("done", 1, 1, 1.0, 0.0, elapsed))
+            self.listener(ProgressUpdate("done", 1, 1, 1.0, 0.0, self.clock() - self.started))
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Measured seconds of every stage that ran to its end (0 for the planned stages passed over), in the
+        order they ran: what a cost model learns from (a stage cut short by a cancel is not in it)."""
+        return {**{stage: 0.0 for stage in self.passed_over}, **self.durations}
+
+    def _end_stage(self) -> None:
+        if self.stage is not None:
+            self.durations[self.stage] = self.durations.get(self.stage, 0.0) + self.clock() - self.stage_started
+            self.stage = None
 
     def _emit(self, step: int) -> None:
         now = self.clock()
-        weight = self.weights.get(self.stage, 0.0)
-        fraction = min(1.0, self.done_weight + weight * step / self.total)
-        eta = None
-        if step > 0:
-            stage_left = (now - self.stage_started) / step * (self.total - step)
-            later = 1.0 - self.done_weight - weight
-            rate = (now - self.started) / fraction if fraction > 0 else 0.0
-            eta = stage_left + later * rate
+        stage = self.stage or ""
+        first_run = stage not in self.durations  # a stage begun again already counted in full
+        partial = min(1.0, step / self.total) if first_run else 0.0
+        fraction = sum(self.weights[s] for s in (*self.durations, *self.passed_over) if s in self.weights)
+        fraction = min(1.0, fraction + self.weights.get(stage, 0.0) * partial)
         if self.listener:
-            self.listener(ProgressUpdate(self.stage or "", step, self.total, fraction, eta, now - self.started))
+            eta = self._eta(stage, step, now - self.stage_started, partial, first_run)
+            self.listener(ProgressUpdate(stage, step, self.total, fraction, eta, now - self.started))
+
+    def _eta(self, stage: str, step: int, in_stage: float, partial: float, first_run: bool) -> float | None:
+        scale = self._scale(stage, in_stage, partial)
+        if step > 0:
+            current = in_stage / step * max(0, self.total - step)
+        elif scale is not None:
+            current = max(0.0, self.plan.get(stage, 0.0) * scale - in_stage) if first_run else 0.0
+        else:
+            return None
+        if scale is None:
+            return None if any(self.plan[s] > 0 for s in self.pending) else current
+        return current + scale * sum(self.plan[s] for s in self.pending)
+
+    def _scale(self, stage: str, in_stage: float, partial: float) -> float | None:
+        """Seconds per planned unit for the stages to come: the weighted median of the measured / planned ratios
+        of the work done (weights: its planned cost), with ratio 1 weighted :data:`PRIOR_SHARE` of the plan for a
+        prediction; None while a relative plan has nothing measured."""
+        ratios = [(1.0, self.prior_weight)] if self.prior_weight > 0 else []
+        ratios += [(seconds / self.plan[s], self.plan[s]) for s, seconds in self.durations.items()
+                   if self.plan.get(s, 0.0) > 0]
+        planned_now = self.plan.get(stage, 0.0) * partial
+        if planned_now > 0:
+            ratios.append((in_stage / planned_now, planned_now))
+        if not ratios:
+            return 1.0 if self.predicted else None
+        return weighted_median(ratios)
+
+
+def weighted_median(pairs: list[tuple[float, float]]) -> float:
+    """The value at half the total weight of ``(value, weight)`` pairs (the mean of the two values a tie sits
+    between)."""
+    ordered = sorted(pairs)
+    half = sum(weight for _, weight in ordered) / 2
+    running = 0.0
+    for index, (value, weight) in enumerate(ordered):
+        running += weight
+        if running > half:
+            return value
+        if running == half:
+            return (value + ordered[index + 1][0]) / 2 if index + 1 < len(ordered) else value
+    return ordered[-1][0]

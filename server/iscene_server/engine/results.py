@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -59,12 +60,22 @@ def check_same_inputs(parent: dict, inputs: dict) -> None:
 
 
 class SceneWriter:
-    """Writes one generation (full or stage 1 only) into a folder, merging with an earlier scene there."""
+    """Writes one generation (full or stage 1 only) into a folder, merging with an earlier scene there.
 
-    def __init__(self, folder: str | Path, header: dict, parent: dict | None = None):
+    ``check`` is called before each file (a job's ``ProgressTracker.check_cancelled``): when it raises, writing
+    stops there. The manifest is always written last, so a stopped write never presents its files as a scene.
+    """
+
+    def __init__(self, folder: str | Path, header: dict, parent: dict | None = None,
+                 check: Callable[[], None] | None = None):
         self.folder = Path(folder)
         self.header = header
         self.parent = parent
+        self.check = check
+
+    def _before_file(self) -> None:
+        if self.check is not None:
+            self.check()
 
     def _entries(self, new: list[dict]) -> list[dict]:
         replaced = {e["label"] for e in new}
@@ -73,6 +84,7 @@ class SceneWriter:
 
     def _write_structure(self, scene_latent, instances: list[InstanceStructure]) -> None:
         """``scene_latent=None`` keeps the scene slot already on disk (a regeneration keeps its parent's)."""
+        self._before_file()
         arrays: dict[str, np.ndarray] = {}
         previous = self.folder / STRUCTURE_NPZ
         if self.parent is not None and previous.is_file():
@@ -89,6 +101,7 @@ class SceneWriter:
         partial.replace(previous)
 
     def _write_manifest(self, manifest: dict) -> dict:
+        self._before_file()
         partial = self.folder / (SCENE_JSON + ".partial")
         partial.write_text(json.dumps(manifest, indent=2))
         partial.replace(self.folder / SCENE_JSON)
@@ -131,11 +144,13 @@ class SceneWriter:
         manifest.update(notes or {})
         meshes = [self.folder / e["file"] for e in manifest["instances"] if e.get("file")]
         if meshes:
+            self._before_file()
             write_scene_glb(self.folder / SCENE_GLB, meshes)
             manifest["files"] = {"scene": SCENE_GLB, "structure": STRUCTURE_NPZ}
         return self._write_manifest(manifest)
 
     def _write_instance(self, inst: InstanceResult) -> dict:
+        self._before_file()
         structure, name = inst.structure, instance_name(inst.label)
         entry = {"label": inst.label, "seed": structure.seed, "voxels": int(len(structure.coords)),
                  "bbox": voxel_bounds(structure), "file": None, "vertices": 0, "faces": 0,

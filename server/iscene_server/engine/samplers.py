@@ -2,13 +2,16 @@
 
 Convention: ``x_t = (1 - t) x_0 + (sigma_min + (1 - sigma_min) t) eps``; the network predicts
 ``v = (1 - sigma_min) eps - x_0`` and is called with ``1000 t``. Samplers know nothing of the network
-except that it is a callable ``model(x, t_model, cond) -> v``.
+except that it is a callable ``model(x, t_model, cond) -> v``; a model that also has
+``paired(x, t_model, cond, neg_cond) -> (v, v_neg)`` (:class:`PairedDenoiser`) makes both guidance passes in
+one batched call. The unconditional condition is best passed as ``ConditionRows.zeros_like(cond)``
+(``iscene_server.nn.condition``): the networks then skip its cross-attention, whose output is a constant.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -38,6 +41,15 @@ def renoise(x0: torch.Tensor, noise: torch.Tensor, t: float, sigma_min: float = 
     return (1 - t) * x0 + (sigma_min + (1 - sigma_min) * t) * noise
 
 
+@runtime_checkable
+class PairedDenoiser(Protocol):
+    """A denoiser that computes the conditional and unconditional velocities in one call."""
+
+    def __call__(self, x, t, cond): ...
+
+    def paired(self, x, t, cond, neg_cond): ...
+
+
 @dataclass(frozen=True)
 class Guidance:
     """Classifier-free guidance ``v = (1 + s) v(cond) - s v(neg_cond)``, applied while ``lo <= t <= hi``."""
@@ -64,11 +76,13 @@ class FlowEulerSampler:
 
     def velocity(self, model, x: torch.Tensor, t: float, cond, neg_cond, guidance: Guidance) -> torch.Tensor:
         t_model = torch.full((x.shape[0],), 1000 * t, dtype=torch.float32, device=x.device)
-        v = model(x, t_model, cond)
-        if guidance.active_at(t):
-            v_neg = model(x, t_model, neg_cond)
-            v = (1 + guidance.strength) * v - guidance.strength * v_neg
-        return v
+        if not guidance.active_at(t):
+            return model(x, t_model, cond)
+        if isinstance(model, PairedDenoiser):
+            v, v_neg = model.paired(x, t_model, cond, neg_cond)
+        else:
+            v, v_neg = model(x, t_model, cond), model(x, t_model, neg_cond)
+        return (1 + guidance.strength) * v - guidance.strength * v_neg
 
     def predict_x0(self, x: torch.Tensor, t: float, v: torch.Tensor) -> torch.Tensor:
         return (1 - self.sigma_min) * x - (self.sigma_min + (1 - self.sigma_min) * t) * v

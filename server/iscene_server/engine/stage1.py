@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..nn.condition import ConditionRows
 from ..nn.ss_decoder import occupied_coords
 from ..nn.ss_sc_flow import SCENE_SLOT, SlotLayout
 from .samplers import FlowEulerSampler, SamplerSettings, StepCallback, renoise
@@ -111,10 +112,8 @@ class Stage1:
             noise = renoise(rows.stack(*clean), noise, t_start, self.settings.sigma_min)
         noise = noise.to(self.device)
 
-        def model(x, t, c):
-            return self.denoiser.forward_rows(x, t, c, layout)
-
-        result = self.sampler.sample(model, noise, cond, torch.zeros_like(cond), steps=self.settings.steps,
+        model = self.denoiser.rows_denoiser(layout)
+        result = self.sampler.sample(model, noise, cond, ConditionRows.zeros_like(cond), steps=self.settings.steps,
                                      rescale_t=self.settings.rescale_t, guidance=self.settings.guidance,
                                      t_start=t_start, callback=callback)
         latents = result.samples.float().cpu()

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..geometry.flexicubes import ExtractedMesh, extract_mesh
+from ..nn.condition import ConditionRows
 from ..nn.slat_gs_decoder import GaussianParams
 from ..nn.sparse import SparseTensor
 from .samplers import FlowEulerSampler, SamplerSettings, StepCallback
@@ -80,7 +81,7 @@ class Stage2:
         noise = torch.cat([slat_noise(s, num_slots, len(c)) for s, c in zip(seeds, coords)])
         x = SparseTensor(noise.to(self.device), batch_coords(coords).to(self.device), len(coords))
         cond = cond.to(self.device)
-        result = self.sampler.sample(self.flow, x, cond, torch.zeros_like(cond), steps=self.settings.steps,
+        result = self.sampler.sample(self.flow, x, cond, ConditionRows.zeros_like(cond), steps=self.settings.steps,
                                      rescale_t=self.settings.rescale_t, guidance=self.settings.guidance,
                                      callback=callback)
         return result.samples.replace(result.samples.feats.float() * self.std + self.mean)

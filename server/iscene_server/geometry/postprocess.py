@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 import fast_simplification
 import numpy as np
-import torch
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 log = logging.getLogger(__name__)
 
-# fast-simplification keeps the mesh being simplified in C++ module globals: one call at a time.
+# fast-simplification keeps the mesh being simplified (and replayed) in C++ module globals: one call at a time
+# per process. The engine runs clean-ups in a process pool (engine/cleanup.py), which is what parallelises them.
 _SIMPLIFY_LOCK = threading.Lock()
 
 
@@ -111,30 +113,15 @@ def bounds_and_origin(vertices: np.ndarray) -> Bounds:
 
 def vertex_components(faces: np.ndarray, vertex_count: int) -> np.ndarray:
     """Connected-component id per vertex (vertices joined by shared faces); the id is the smallest
-    vertex index in the component, so isolated vertices are their own component.
-
-    Parallel union-find: every round hooks each root onto the smallest root it shares an edge with,
-    then compresses paths fully; the number of rounds grows like log(V), not with the mesh diameter.
-    """
-    parent = torch.arange(vertex_count, dtype=torch.int64)
-    if len(faces) == 0:
-        return parent.numpy()
-    tri = torch.from_numpy(np.asarray(faces, dtype=np.int64))
-    a = torch.cat([tri[:, 0], tri[:, 1]])
-    b = torch.cat([tri[:, 1], tri[:, 2]])
-    while True:
-        ra, rb = parent[a], parent[b]
-        differ = ra != rb
-        if not bool(differ.any()):
-            return parent.numpy()
-        low, high = torch.minimum(ra, rb)[differ], torch.maximum(ra, rb)[differ]
-        parent.scatter_reduce_(0, high, low, reduce="amin")
-        while True:
-            jumped = parent[parent]
-            if torch.equal(jumped, parent):
-                break
-            parent = jumped
-        a, b = a[differ], b[differ]
+    vertex index in the component, so isolated vertices are their own component."""
+    faces = np.asarray(faces, dtype=np.int64).reshape(-1, 3)
+    rows = np.concatenate([faces[:, 0], faces[:, 1]])  # edges 0-1 and 1-2 connect all three corners
+    cols = np.concatenate([faces[:, 1], faces[:, 2]])
+    graph = coo_matrix((np.ones(len(rows), dtype=np.int8), (rows, cols)), shape=(vertex_count, vertex_count))
+    count, labels = connected_components(graph, directed=False)
+    smallest = np.full(count, vertex_count, dtype=np.int64)
+    np.minimum.at(smallest, labels, np.arange(vertex_count, dtype=np.int64))
+    return smallest[labels]
 
 
 def remove_floaters(mesh: ColoredMesh, min_fraction: float = 0.02) -> ColoredMesh:
@@ -152,50 +139,21 @@ def remove_floaters(mesh: ColoredMesh, min_fraction: float = 0.02) -> ColoredMes
     return mesh.select_faces(keep_component[face_component])
 
 
-def _collapse_roots(collapses: np.ndarray, vertex_count: int) -> np.ndarray:
-    """For each original vertex, the vertex it was finally merged into (itself if it survived).
-
-    ``collapses[i] = (keep, gone)``: in the i-th edge collapse ``gone`` merged into ``keep``. A vertex
-    merges away once, so the pairs form a forest; following parents to the root resolves chains.
-    """
-    parent = np.arange(vertex_count, dtype=np.int64)
-    if len(collapses):
-        parent[collapses[:, 1]] = collapses[:, 0]
-    while True:
-        jumped = parent[parent]
-        if np.array_equal(jumped, parent):
-            return parent
-        parent = jumped
-
-
-def _replay_topology(faces: np.ndarray, roots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Apply the collapses to the faces: (original index of each kept vertex, faces on kept vertices).
-
-    The simplifier deletes exactly the faces that become degenerate, keeps face and corner order,
-    and numbers the surviving vertices in original order, so this reproduces its output topology.
-    """
-    merged = roots[faces]
-    merged = merged[_proper_faces(merged)]
-    kept = np.unique(merged)
-    return kept, np.searchsorted(kept, merged)
-
-
-def _cluster_mean(values: np.ndarray, roots: np.ndarray, kept: np.ndarray) -> np.ndarray:
-    """Mean of ``values`` over every original vertex merged into each kept vertex."""
-    slot = np.searchsorted(kept, roots)
-    valid = (slot < len(kept)) & (kept[np.minimum(slot, len(kept) - 1)] == roots)
-    slot, weights = slot[valid], values[valid].astype(np.float64)
-    counts = np.bincount(slot, minlength=len(kept))
-    sums = np.stack([np.bincount(slot, weights[:, c], minlength=len(kept)) for c in range(values.shape[1])], 1)
-    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+def _merged_means(values: np.ndarray, mapping: np.ndarray, count: int) -> np.ndarray:
+    """``[count, C]`` mean of ``values [V, C]`` over the original vertices ``mapping`` sends to each output vertex."""
+    weights = values.astype(np.float64)
+    sizes = np.bincount(mapping, minlength=count)
+    sums = np.stack([np.bincount(mapping, weights[:, c], minlength=count) for c in range(values.shape[1])], 1)
+    return (sums / np.maximum(sizes, 1)[:, None]).astype(np.float32)
 
 
 def decimate(mesh: ColoredMesh, target_faces: int, aggressiveness: float = 7.0) -> ColoredMesh:
     """Quadric edge-collapse decimation to about ``target_faces`` triangles (fast-simplification).
 
-    Colours follow the collapses: the simplifier reports which vertex merged into which, so each
-    surviving vertex gets the mean colour of all original vertices merged into it (a box filter over
-    the patch of surface it now represents); positions are the simplifier's quadric-optimal ones.
+    Colours follow the collapses: replaying the simplifier's collapse record, the library maps every original
+    vertex to the output vertex it was merged into (vertices left without a face go to a neighbour they shared
+    an edge with), so each surviving vertex gets the mean colour of all original vertices merged into it (a box
+    filter over the patch of surface it now represents); positions are the simplifier's quadric-optimal ones.
     Faces that use a vertex twice are dropped first. Otherwise a no-op when the mesh already has at
     most ``target_faces`` faces.
     """
@@ -209,14 +167,16 @@ def decimate(mesh: ColoredMesh, target_faces: int, aggressiveness: float = 7.0) 
             mesh.vertices.astype(np.float64), mesh.faces, target_count=target_faces,
             agg=aggressiveness, return_collapses=True,
         )
-    roots = _collapse_roots(np.asarray(collapses, dtype=np.int64).reshape(-1, 2), mesh.vertex_count)
-    kept, replayed = _replay_topology(mesh.faces, roots)
-    colors = _cluster_mean(mesh.colors, roots, kept)
-    if len(kept) == len(points) and np.array_equal(replayed, faces):
-        return ColoredMesh(points.astype(np.float32), replayed, colors)
-    log.warning("fast-simplification output does not match its collapse record; "
-                "keeping the surviving vertices at their original positions")
-    return ColoredMesh(mesh.vertices[kept], replayed, colors)
+        replayed_points, replayed_faces, mapping = fast_simplification.replay_simplification(
+            mesh.vertices, mesh.faces.astype(np.int32), np.asarray(collapses, dtype=np.int32))
+    mapping = np.asarray(mapping, dtype=np.int64)
+    colors = _merged_means(mesh.colors, mapping, len(replayed_points))
+    faces = np.asarray(faces, dtype=np.int64)
+    if len(replayed_points) == len(points) and np.array_equal(replayed_faces, faces):
+        return ColoredMesh(points.astype(np.float32), faces, colors)
+    log.warning("fast-simplification's output does not match the replay of its collapse record; "
+                "keeping the replayed mesh")
+    return ColoredMesh(replayed_points, replayed_faces, colors)
 
 
 def postprocess(mesh: ColoredMesh, *, min_fraction: float = 0.02, target_faces: int | None = None) -> ColoredMesh:

@@ -12,10 +12,15 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from .. import segment
+from ..engine.eta import DEFAULT_STEPS, JobSize
 from ..engine.pipeline import GenerationRequest, ScenePipeline
-from ..engine.preprocess import load_scene
+from ..engine.preprocess import decode_label_map, load_scene, open_image
 from ..engine.progress import ProgressTracker
 from ..engine.refine.scene import ParentScene, Refiner, check_edit
 from ..engine.results import SceneWriter, file_digest, read_manifest
@@ -42,29 +47,43 @@ def scene_header(pipeline: ScenePipeline, inputs: dict[str, bytes]) -> dict:
             "inputs": {"digests": {name: file_digest(data) for name, data in inputs.items()}}}
 
 
-def copy_outputs(parent: Path, child: Path) -> None:
-    """Every output file of ``parent`` into ``child`` (inputs and the job record stay their own)."""
+def copy_outputs(parent: Path, child: Path, check: Callable[[], None] | None = None) -> None:
+    """Every output file of ``parent`` into ``child`` (inputs and the job record stay their own); ``check`` is
+    called before each file (it raises to stop)."""
     for path in parent.iterdir():
         if path.is_file() and path.name != "job.json" and not path.name.endswith(".partial"):
+            if check is not None:
+                check()
             shutil.copy2(path, child / path.name)
+
+
+def export(tracker: ProgressTracker, write: Callable[[], dict]) -> dict:
+    """The job's last stage: ``write()`` the result files (a writer made with ``check=tracker.check_cancelled``
+    stops between files); then the job is done."""
+    tracker.begin("export")
+    manifest = write()
+    tracker.finish()
+    return manifest
 
 
 def run_generate(pipeline: ScenePipeline, folder: Path, params: dict, inputs: dict[str, bytes],
                  tracker: ProgressTracker) -> dict:
     scene = load_scene(inputs["image"], inputs["labels"])
     result = pipeline.generate(scene, request_from_params(params), tracker)
-    return SceneWriter(folder, scene_header(pipeline, inputs)).write_scene(result)
+    writer = SceneWriter(folder, scene_header(pipeline, inputs), check=tracker.check_cancelled)
+    return export(tracker, lambda: writer.write_scene(result))
 
 
 def run_regenerate(pipeline: ScenePipeline, folder: Path, parent_folder: Path, params: dict,
                    inputs: dict[str, bytes], tracker: ProgressTracker) -> dict:
     parent = read_manifest(parent_folder)
-    copy_outputs(parent_folder, folder)
+    copy_outputs(parent_folder, folder, tracker.check_cancelled)
     scene = load_scene(inputs["image"], inputs["labels"])
     request = request_from_params(params["parent_params"], labels=params["labels"], seeds=params["seeds"],
                                   seed=parent["scene_seed"], scene_box=tuple(parent["frame"]["crop_box"]))
     result = pipeline.generate(scene, request, tracker)
-    return SceneWriter(folder, scene_header(pipeline, inputs), parent).write_scene(result, keep_scene_slot=True)
+    writer = SceneWriter(folder, scene_header(pipeline, inputs), parent, check=tracker.check_cancelled)
+    return export(tracker, lambda: writer.write_scene(result, keep_scene_slot=True))
 
 
 def refine_edit(parent_folder: Path, params: dict):
@@ -77,7 +96,7 @@ def refine_edit(parent_folder: Path, params: dict):
 def run_refine(pipeline: ScenePipeline, folder: Path, parent_folder: Path, params: dict, inputs: dict[str, bytes],
                tracker: ProgressTracker) -> dict:
     parent, edit = refine_edit(parent_folder, params)
-    copy_outputs(parent_folder, folder)
+    copy_outputs(parent_folder, folder, tracker.check_cancelled)
     original = load_scene(inputs["image"], inputs["labels"])
     request = request_from_params(params["parent_params"], scene_box=parent.frame)
     result, plan = Refiner(pipeline).run(parent, original, edit, request, tracker)
@@ -85,12 +104,53 @@ def run_refine(pipeline: ScenePipeline, folder: Path, parent_folder: Path, param
                         "locked": sorted(edit.locked), "resampled": plan.resample, "moved_only": plan.rebuild_only,
                         "hidden": plan.hidden,
                         "transforms": {str(k): v.tolist() for k, v in sorted(edit.transforms.items())}}}
-    writer = SceneWriter(folder, scene_header(pipeline, inputs), parent.manifest)
-    return writer.write_scene(result, keep_scene_slot=result.scene_latent is None, notes=notes)
+    writer = SceneWriter(folder, scene_header(pipeline, inputs), parent.manifest, check=tracker.check_cancelled)
+    keep_scene_slot = result.scene_latent is None
+    return export(tracker, lambda: writer.write_scene(result, keep_scene_slot=keep_scene_slot, notes=notes))
 
 
 def run_segment(segmenter, folder: Path, params: dict, inputs: dict[str, bytes], tracker: ProgressTracker) -> dict:
     """``params`` are the schema-checked prompts (``SegmentPrompts``); ``segmenter`` a ``SamSegmenter``."""
-    from ..segment.pipeline import segment_to_files  # needs the optional [segment] dependencies
+    from ..segment.pipeline import (
+        segment_to_files,  # needs the optional [segment] dependencies
+    )
 
     return segment_to_files(segmenter, inputs["image"], params, folder / LABELS_PNG, folder / SEGMENTS_JSON, tracker)
+
+
+def default_steps(pipeline: ScenePipeline | None) -> tuple[int, int]:
+    """The package's stage-1 and stage-2 sampling steps (the released samplers' when it is not loaded yet)."""
+    if pipeline is None:
+        return DEFAULT_STEPS, DEFAULT_STEPS
+    return (pipeline.package.sampler("sparse_structure_sampler").steps, pipeline.package.sampler("slat_sampler").steps)
+
+
+def label_count(labels_png: bytes) -> int:
+    """The number of objects in an uploaded label map."""
+    ids = decode_label_map(open_image(labels_png, what="label map"))
+    return int(np.count_nonzero(np.unique(ids)))
+
+
+def typical_units(kind: str) -> dict[str, float]:
+    """The units of work of a typical job of ``kind`` (for a job whose inputs cannot be read). A segment job's
+    stages cost about the same whatever it is asked: its units are its plan's relative costs."""
+    return dict(segment.SEGMENT_PLAN) if kind == "segment" else JobSize(kind).units()
+
+
+def job_units(kind: str, params: dict, inputs: dict[str, bytes], parent: dict | None,
+              steps: tuple[int, int]) -> dict[str, float]:
+    """The units of work per stage (:mod:`iscene_server.engine.eta`) of a job, from what it asks for; ``parent``:
+    the parent scene's manifest (regenerate, refine); ``steps``: the package's default steps per stage."""
+    if kind == "segment":
+        return typical_units(kind)
+    scene_params = params if kind == "generate" else params["parent_params"]
+    size = {"kind": kind, "stage1_steps": scene_params.get("steps") or steps[0],
+            "stage2_steps": scene_params.get("slat_steps") or steps[1],
+            "formats": tuple(scene_params.get("formats", ["mesh"]))}
+    if kind == "generate":
+        count = len(params["labels"]) if params.get("labels") else label_count(inputs["labels"])
+        return JobSize(instances=count, **size).units()
+    if kind == "regenerate":
+        return JobSize(instances=len(params["labels"]), camera=False, **size).units()
+    unlocked = [e for e in parent["instances"] if e["label"] not in set(params["locked"])]
+    return JobSize(instances=len(unlocked), camera=False, resample=params["strength"] > 0, **size).units()

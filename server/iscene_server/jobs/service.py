@@ -14,12 +14,23 @@ from pathlib import Path
 import torch
 
 from .. import __version__, segment
+from ..engine.eta import COSTS_FILE, StageCosts, device_key
 from ..engine.packages.layouts import PACKAGE_ROLES
-from ..engine.pipeline import GENERATE_PLAN, ScenePipeline
+from ..engine.packages.loader import resolve_device
+from ..engine.pipeline import ScenePipeline
 from ..engine.progress import ProgressTracker, ProgressUpdate
+from ..engine.results import read_manifest
 from ..errors import Cancelled, ISceneError, StateError, UnavailableError
 from ..segment.model import SamSegmenter, default_segment_model
-from .runner import run_generate, run_refine, run_regenerate, run_segment
+from .runner import (
+    default_steps,
+    job_units,
+    run_generate,
+    run_refine,
+    run_regenerate,
+    run_segment,
+    typical_units,
+)
 from .store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
 log = logging.getLogger("iscene.jobs")
@@ -28,7 +39,6 @@ SCENE_KINDS = ("generate", "regenerate", "refine")  # jobs that need the I-Scene
 # Jobs that take seconds while an artist waits: they run before every queued scene job (FIFO among themselves),
 # and need neither the I-Scene model nor its loading to have finished.
 PRIORITY_KINDS = ("segment",)
-PLANS = {"segment": segment.SEGMENT_PLAN}
 
 
 @dataclass
@@ -42,6 +52,7 @@ class ServiceSettings:
     max_age_days: float | None = 14.0
     max_store_gb: float | None = 50.0
     segment_model: str | None = None  # SAM repo id or folder; None: <model>/sam if there is one, else SAM ViT-B
+    compile: str | bool = "auto"  # torch.compile of the transformer blocks: "auto" (CUDA only), True, False
 
 
 @dataclass
@@ -60,7 +71,9 @@ class JobService:
         self._queue: deque[str] = deque()
         self._wake = threading.Condition()
         self._cancel: dict[str, threading.Event] = {}
-        self._live: dict[str, ProgressUpdate] = {}
+        self._live: dict[str, tuple[ProgressUpdate, float]] = {}  # the latest update and when it came
+        self.costs = StageCosts(settings.data_dir / COSTS_FILE)
+        self._units: dict[str, dict[str, float]] = {}  # units of work per stage of each queued or running job
         self._running: str | None = None
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -87,11 +100,14 @@ class JobService:
             self._wake.notify_all()
         for thread in self._threads:
             thread.join(timeout)
+        if self.model.pipeline is not None:
+            self.model.pipeline.close()  # the clean-up worker processes
 
     def _load_model(self) -> None:
         try:
             self.model.message = f"opening model package {self.settings.model}"
-            pipeline = ScenePipeline.from_pretrained(self.settings.model, self.settings.device, self.settings.dtype)
+            pipeline = ScenePipeline.from_pretrained(self.settings.model, self.settings.device, self.settings.dtype,
+                                                     compile=self.settings.compile)
             for index, role in enumerate(PACKAGE_ROLES, 1):
                 self.model.message = f"loading {role} ({index}/{len(PACKAGE_ROLES)})"
                 pipeline.models.get(role)
@@ -137,6 +153,7 @@ class JobService:
         return record
 
     def _enqueue(self, record: JobRecord) -> None:
+        self._units[record.id] = self._job_units(record)
         with self._wake:
             self._cancel[record.id] = threading.Event()
             if record.kind in PRIORITY_KINDS:  # behind the queued priority jobs, ahead of everything else
@@ -154,13 +171,73 @@ class JobService:
                "progress": 1.0 if record.state == SUCCEEDED else 0.0, "eta_s": None, "queue_position": None}
         live = self._live.get(job_id)
         if record.state == RUNNING and live is not None:
-            out.update(stage=live.stage, step=live.step, total=live.total, progress=round(live.fraction, 4),
-                       eta_s=None if live.eta_s is None else round(live.eta_s, 1))
+            update = live[0]
+            eta = self._running_eta(job_id)
+            out.update(stage=update.stage, step=update.step, total=update.total, progress=round(update.fraction, 4),
+                       eta_s=None if eta is None else round(eta, 1))
         if record.state == QUEUED:
             with self._wake:
                 queue = list(self._queue)
-            out["queue_position"] = queue.index(job_id) + 1 if job_id in queue else None
+            if job_id in queue:
+                position = queue.index(job_id)
+                eta = self._queued_eta(queue[:position + 1])
+                out.update(queue_position=position + 1, eta_s=None if eta is None else round(eta, 1))
         return out
+
+    # --- the ETA ---------------------------------------------------------------------------------------
+    def _job_units(self, record: JobRecord) -> dict[str, float]:
+        """The job's units of work per stage; a job whose inputs cannot be read (it will fail with a clear error
+        when it runs) counts as one typical object."""
+        try:
+            parent = read_manifest(self.store.folder(record.parent)) if record.parent else None
+            return job_units(record.kind, record.params, self.store.input_bytes(record.id), parent,
+                             default_steps(self.model.pipeline))
+        except (ISceneError, OSError, KeyError, TypeError, ValueError):
+            return typical_units(record.kind)
+
+    def _cost_key(self, kind: str) -> str | None:
+        """Whose costs a job of ``kind`` runs at: the model on its device in its dtype (None while not loaded)."""
+        if kind in SCENE_KINDS:
+            pipeline = self.model.pipeline
+            if pipeline is None:
+                return None
+            device, dtype = pipeline.device, str(pipeline.models.dtype).removeprefix("torch.")
+            model = self.settings.model
+        else:
+            try:
+                device = resolve_device(self.settings.device)
+            except ISceneError:  # the job itself will say what is wrong with the device
+                return None
+            dtype, model = self.settings.dtype, self.segment_model
+        name = str(device)
+        if device.type == "cuda" and torch.cuda.is_available():
+            name += f" {torch.cuda.get_device_name(device)}"
+        return device_key(model, name, dtype)
+
+    def _prediction(self, job_id: str, kind: str) -> dict[str, float] | None:
+        key = self._cost_key(kind)
+        return None if key is None else self.costs.predict(key, kind, self._units.get(job_id, {}))
+
+    def _running_eta(self, job_id: str) -> float | None:
+        """The running job's ETA, counted down since its latest update."""
+        live = self._live.get(job_id)
+        if live is None or live[0].eta_s is None:
+            return None
+        return max(0.0, live[0].eta_s - (time.monotonic() - live[1]))
+
+    def _queued_eta(self, jobs: list[str]) -> float | None:
+        """Seconds until the last of ``jobs`` (queued in this order) is done: what is left of the running job,
+        then the predicted work of each."""
+        running = self._running
+        left = 0.0 if running is None else self._running_eta(running)
+        if left is None:
+            return None
+        for job_id in jobs:
+            plan = self._prediction(job_id, self.store.get(job_id).kind)
+            if plan is None:
+                return None
+            left += sum(plan.values())
+        return left
 
     def cancel(self, job_id: str) -> dict:
         record = self.store.get(job_id)
@@ -169,6 +246,7 @@ class JobService:
         with self._wake:
             if job_id in self._queue:  # never started: cancelled at once
                 self._queue.remove(job_id)
+                self._units.pop(job_id, None)
                 self.store.update(job_id, state=CANCELLED, finished=time.time())
             self._cancel.setdefault(job_id, threading.Event()).set()
         return self.status(job_id)
@@ -206,9 +284,11 @@ class JobService:
             return
         record = self.store.update(job_id, state=RUNNING, started=time.time())
         self._running = job_id
-        tracker = ProgressTracker(PLANS.get(record.kind, GENERATE_PLAN),
-                                  lambda update: self._live.__setitem__(job_id, update), cancel,
-                                  time_limit_s=self.settings.job_timeout_s)
+        self._units[job_id] = units = self._job_units(record)  # the model's own default steps are known now
+        key = self._cost_key(record.kind)
+        tracker = ProgressTracker(self.costs.predict(key or "", record.kind, units),
+                                  lambda update: self._live.__setitem__(job_id, (update, time.monotonic())), cancel,
+                                  time_limit_s=self.settings.job_timeout_s, predicted=True)
         try:
             if record.kind in SCENE_KINDS and self.model.pipeline is None:
                 raise UnavailableError(f"the model could not be loaded: {self.model.message}",
@@ -222,8 +302,11 @@ class JobService:
         except Exception as exc:
             self.store.update(job_id, state=FAILED, finished=time.time(), error=self._unexpected(exc))
         finally:
+            if key is not None:  # every stage that ran to its end, whatever became of the job
+                self.costs.learn(key, record.kind, units, tracker.stage_seconds())
             self._running = None
             self._live.pop(job_id, None)
+            self._units.pop(job_id, None)
             self._cancel.pop(job_id, None)
             gc.collect()
             if torch.cuda.is_available():

@@ -21,7 +21,8 @@ _backend = os.environ.get("ISCENE_ATTN_BACKEND", "auto").strip().lower() or "aut
 
 
 @functools.lru_cache(maxsize=1)
-def _xformers_ops():
+def xformers_ops():
+    """The ``xformers.ops`` module, or None where xformers is missing or unusable."""
     try:
         import xformers.ops as xops
     except Exception:  # xformers missing or built for another torch: fall back silently
@@ -30,7 +31,7 @@ def _xformers_ops():
 
 
 def xformers_available() -> bool:
-    return _xformers_ops() is not None
+    return xformers_ops() is not None
 
 
 def set_attention_backend(name: str) -> None:
@@ -58,18 +59,24 @@ def resolve_backend(device: torch.device) -> str:
     return _backend
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention with the default 1/sqrt(head_dim) scale, no mask, no dropout.
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              valid_keys: torch.Tensor | None = None) -> torch.Tensor:
+    """Softmax attention with the default 1/sqrt(head_dim) scale and no dropout.
 
     ``q`` is ``[B, Lq, H, D]``, ``k`` and ``v`` are ``[B, Lk, H, D]``; the result is ``[B, Lq, H, D]``.
+    ``valid_keys [B, Lk]`` (bool, optional) hides padded keys; every row needs at least one valid key. A
+    key mask runs through SDPA (on CUDA its memory-efficient kernel) even when xformers is selected.
     """
     backend = resolve_backend(q.device)
-    if backend == "xformers":
-        return _xformers_ops().memory_efficient_attention(q, k, v)
+    if backend == "xformers" and valid_keys is None:
+        return xformers_ops().memory_efficient_attention(q, k, v)
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
+    mask = None if valid_keys is None else valid_keys[:, None, None, :]  # [B, 1, 1, Lk] over heads and queries
     if backend == "naive":
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
         out = scores.softmax(dim=-1) @ v
     else:
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2)

@@ -3,6 +3,10 @@
 Only what the image condition needs: the tokens before the final norm (``x_prenorm``) for a 518x518
 input, i.e. ``[cls, 4 registers, 37x37 patches]``. Weights never come from torch.hub; the engine loads
 them from the I-Scene image-conditioner checkpoint (or a local file).
+
+Precision: :meth:`DinoVisionTransformer.set_torso_dtype` puts the blocks' Linear layers (attention and MLP,
+all the FLOPs) in float16/bfloat16; the residual stream, the LayerNorms and LayerScale stay float32 (each
+half-precision branch output is promoted back when LayerScale multiplies it), as autocast would run it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import torch
 import torch.nn as nn
 
 from .attention import attention
+from .precision import TorsoPrecision
 
 PRESETS = {
     "dinov2_vitl14_reg": dict(img_size=518, patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4,
@@ -72,11 +77,12 @@ class Block(nn.Module):
         self.ls2 = LayerScale(dim, init_values) if init_values else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
-        return x + self.ls2(self.mlp(self.norm2(x)))
+        dtype = self.attn.qkv.weight.dtype  # the torso dtype; the residual stream x stays float32
+        x = x + self.ls1(self.attn(self.norm1(x).type(dtype)))
+        return x + self.ls2(self.mlp(self.norm2(x).type(dtype)))
 
 
-class DinoVisionTransformer(nn.Module):
+class DinoVisionTransformer(TorsoPrecision, nn.Module):
     def __init__(self, img_size: int = 518, patch_size: int = 14, in_chans: int = 3, embed_dim: int = 1024,
                  depth: int = 24, num_heads: int = 16, mlp_ratio: float = 4.0, init_values: float | None = None,
                  ffn_layer: str = "mlp", block_chunks: int = 0, num_register_tokens: int = 0,
@@ -95,6 +101,9 @@ class DinoVisionTransformer(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))
         self.blocks = nn.ModuleList(Block(embed_dim, num_heads, mlp_ratio, init_values) for _ in range(depth))
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6)
+
+    def torso_modules(self) -> list[nn.Module]:
+        return [self.blocks]
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "DinoVisionTransformer":

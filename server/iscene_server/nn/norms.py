@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .compile import UsesFusedFunctions
+
 
 class LayerNorm32(nn.LayerNorm):
     """LayerNorm over the last axis, computed in float32 and cast back to the input dtype."""
@@ -22,7 +24,7 @@ class ChannelLayerNorm32(LayerNorm32):
         return super().forward(channels_last).movedim(-1, 1).contiguous()
 
 
-class MultiHeadRMSNorm(nn.Module):
+class MultiHeadRMSNorm(UsesFusedFunctions, nn.Module):
     """Per-head RMS normalisation of queries/keys: ``x / ||x|| * gamma[h] * sqrt(dim)`` in float32."""
 
     def __init__(self, dim: int, heads: int):
@@ -31,7 +33,7 @@ class MultiHeadRMSNorm(nn.Module):
         self.gamma = nn.Parameter(torch.ones(heads, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (F.normalize(x.float(), dim=-1) * self.gamma * self.scale).to(x.dtype)
+        return self.fused.head_rms_norm(x, self.gamma, self.scale)
 
 
 def head_layer_norm(x: torch.Tensor) -> torch.Tensor:

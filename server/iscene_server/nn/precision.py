@@ -18,6 +18,7 @@ class TorsoPrecision:
     """Mixin for networks whose torso may run in half precision."""
 
     torso_dtype: torch.dtype = torch.float32
+    half_torso_always: bool = False  # True: the torso follows the pipeline dtype even without ``use_fp16``
 
     def torso_modules(self) -> list[nn.Module]:
         raise NotImplementedError

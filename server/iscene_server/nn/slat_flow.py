@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .condition import ConditionRows
 from .embeddings import TimestepEmbedder, sincos_position_embedding
 from .norms import LayerNorm32
 from .precision import TorsoPrecision
@@ -77,7 +78,14 @@ class SLatFlowModel(TorsoPrecision, nn.Module):
     def torso_modules(self) -> list[nn.Module]:
         return [self.input_blocks, self.blocks, self.out_blocks]
 
-    def forward(self, x: SparseTensor, t: torch.Tensor, cond: torch.Tensor) -> SparseTensor:
+    def paired(self, x: SparseTensor, t: torch.Tensor, cond: torch.Tensor | ConditionRows,
+               neg_cond: torch.Tensor | ConditionRows) -> tuple[SparseTensor, SparseTensor]:
+        """The velocities for ``cond`` and for ``neg_cond`` from one call on the batch repeated twice."""
+        v = self(x.repeat_batch(2), torch.cat([t, t]), ConditionRows.stack(cond, neg_cond))
+        conditional, unconditional = v.feats.chunk(2)
+        return x.replace(conditional), x.replace(unconditional)
+
+    def forward(self, x: SparseTensor, t: torch.Tensor, cond: torch.Tensor | ConditionRows) -> SparseTensor:
         """``x`` latents on the 64^3 voxels of each item, ``t [B]`` (x1000), ``cond [B, T, C]``."""
         dtype = self.torso_dtype
         h = x.replace(self.input_layer(x.feats).type(dtype))

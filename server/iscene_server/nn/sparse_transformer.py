@@ -6,11 +6,12 @@ batch item (full attention, SLat flow) or of a window (shifted-window attention,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 
+from .compile import UsesFusedFunctions
 from .embeddings import sincos_position_embedding
 from .norms import LayerNorm32
 from .precision import TorsoPrecision
@@ -24,10 +25,19 @@ class TokenBatch:
 
     batch_index: torch.Tensor
     items: Segments
+    _heads: dict[int, tuple[int, "TokenBatch"]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def of(cls, x: SparseTensor) -> "TokenBatch":
         return x.cache.get_or_build("token_batch", lambda: cls(x.batch_index(), Segments(x.batch_lengths())))
+
+    def head(self, items: int) -> tuple[int, "TokenBatch"]:
+        """The number of rows of the first ``items`` batch items (they lead: rows are in batch order), and
+        their token batch; no host sync (the lengths are host-side)."""
+        if items not in self._heads:
+            rows = sum(self.items.lengths[:items])
+            self._heads[items] = rows, TokenBatch(self.batch_index[:rows], self.items.head(items))
+        return self._heads[items]
 
 
 def window_segments(x: SparseTensor, window: int, shift: int) -> Segments:
@@ -48,8 +58,11 @@ class ModulatedSparseTransformerCrossBlock(ModulatedTransformerCrossBlock):
     """The TRELLIS adaLN cross block on sparse tokens: full self-attention within each batch item,
     cross-attention of each item's tokens to that item's condition tokens."""
 
-    def broadcast(self, mod: torch.Tensor, layout: TokenBatch) -> torch.Tensor:
-        return mod[layout.batch_index]
+    def modulation_rows(self, mod: torch.Tensor, layout: TokenBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        return mod, layout.batch_index
+
+    def conditioned_rows(self, samples: int, layout: TokenBatch) -> tuple[int, TokenBatch]:
+        return layout.head(samples)
 
     def attend_self(self, h: torch.Tensor, layout: TokenBatch) -> torch.Tensor:
         q, k, v = self.self_attn.project_qkv(h)
@@ -60,7 +73,7 @@ class ModulatedSparseTransformerCrossBlock(ModulatedTransformerCrossBlock):
         return self.cross_attn.project_out(segmented_cross_attention(q, k, v, layout.items))
 
 
-class SparseTransformerBlock(nn.Module):
+class SparseTransformerBlock(UsesFusedFunctions, nn.Module):
     """Pre-norm self-attention + MLP block (no modulation) with shifted-window attention."""
 
     def __init__(self, channels: int, num_heads: int, mlp_ratio: float, window_size: int, shift: int,
@@ -75,9 +88,11 @@ class SparseTransformerBlock(nn.Module):
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         segments = window_segments(x, self.window_size, self.shift)
-        q, k, v = self.attn.project_qkv(self.norm1(x.feats))
-        feats = x.feats + self.attn.project_out(segmented_attention(q, k, v, segments))
-        return x.replace(feats + self.mlp(self.norm2(feats)))
+        fused = self.fused
+        q, k, v = self.attn.project_qkv(fused.modulated_norm(x.feats, None, None, None, self.norm1.eps))
+        attended = self.attn.project_out(segmented_attention(q, k, v, segments))
+        feats, h = fused.gated_residual_norm(x.feats, attended, None, None, None, None, self.norm2.eps)
+        return x.replace(fused.gated_feed_forward(feats, h, None, None, *self.mlp.weights()))
 
 
 class SparseTransformerBase(TorsoPrecision, nn.Module):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .condition import ConditionRows
 from .embeddings import TimestepEmbedder, grid_coordinates, sincos_position_embedding
 from .norms import head_layer_norm
 from .precision import TorsoPrecision
@@ -75,11 +76,16 @@ class SparseStructureFlowModel(TorsoPrecision, nn.Module):
     def torso_modules(self) -> list[nn.Module]:
         return [self.blocks]
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | ConditionRows) -> torch.Tensor:
         """``x [B, C, r, r, r]``, ``t [B]`` (x1000), ``cond [B, T, C_cond]`` -> velocity like ``x``."""
         return self.run(x, t, cond)
 
-    def run(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, layout=None) -> torch.Tensor:
+    def paired(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | ConditionRows,
+               neg_cond: torch.Tensor | ConditionRows) -> tuple[torch.Tensor, torch.Tensor]:
+        """The velocities for ``cond`` and for ``neg_cond`` from one call on the batch repeated twice."""
+        return self(torch.cat([x, x]), torch.cat([t, t]), ConditionRows.stack(cond, neg_cond)).chunk(2)
+
+    def run(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | ConditionRows, layout=None) -> torch.Tensor:
         """The forward pass; ``layout`` is handed to every block (scene-context models use it)."""
         h = patchify(x, self.patch_size)
         h = h.reshape(*h.shape[:2], -1).transpose(1, 2)

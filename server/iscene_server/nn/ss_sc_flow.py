@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from .attention import attention
+from .condition import ConditionRows
 from .ss_flow import SparseStructureFlowModel
 from .transformer import ModulatedTransformerCrossBlock, MultiHeadAttention
 
@@ -66,6 +67,35 @@ class SlotLayout:
 
     def to(self, device: torch.device) -> "SlotLayout":
         return SlotLayout(self.query_rows.to(device), self.context_rows.to(device), self.self_rows.to(device))
+
+    def repeated(self, copies: int, num_rows: int) -> "SlotLayout":
+        """The layout of ``copies`` stacked copies of a ``num_rows``-row batch (copy ``i`` at rows
+        ``i * num_rows ..``)."""
+        shifts = torch.arange(copies, device=self.query_rows.device) * num_rows
+        return SlotLayout(*(torch.cat([rows + s for s in shifts]) for rows in
+                            (self.query_rows, self.context_rows, self.self_rows)))
+
+
+class SlotRowsDenoiser:
+    """The denoiser over slot rows laid out as ``layout``: ``model(x, t, cond)`` for samplers, and
+    :meth:`paired` for the conditional and unconditional passes in one call."""
+
+    def __init__(self, model: "SparseStructureSceneContextFlowModel", layout: SlotLayout):
+        self.model = model
+        self.layout = layout
+        self._doubled: dict[int, SlotLayout] = {}
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | ConditionRows) -> torch.Tensor:
+        return self.model.forward_rows(x, t, cond, self.layout)
+
+    def paired(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | ConditionRows,
+               neg_cond: torch.Tensor | ConditionRows) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = x.shape[0]
+        if rows not in self._doubled:
+            self._doubled[rows] = self.layout.repeated(2, rows)
+        v = self.model.forward_rows(torch.cat([x, x]), torch.cat([t, t]), ConditionRows.stack(cond, neg_cond),
+                                    self._doubled[rows])
+        return v.chunk(2)
 
 
 class SceneContextSelfAttention(MultiHeadAttention):
@@ -157,7 +187,7 @@ class SparseStructureSceneContextFlowModel(SparseStructureFlowModel):
         return SceneContextCrossBlock(*args, num_slots=self.num_slots, enable_gate=self._enable_gate,
                                       enable_k_bias=self._enable_k_bias, k_bias_scale=self._k_bias_scale)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | ConditionRows) -> torch.Tensor:
         batch, slots = x.shape[:2]
         if slots != self.num_slots:
             raise ValueError(f"expected {self.num_slots} slots per instance, got {slots}")
@@ -165,6 +195,10 @@ class SparseStructureSceneContextFlowModel(SparseStructureFlowModel):
         v = self.forward_rows(x.flatten(0, 1), t.repeat_interleave(slots), cond.flatten(0, 1), layout)
         return v.unflatten(0, (batch, slots))
 
-    def forward_rows(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, layout: SlotLayout) -> torch.Tensor:
+    def forward_rows(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | ConditionRows,
+                     layout: SlotLayout) -> torch.Tensor:
         """Run slot sequences laid out as ``layout`` says: ``x [R, C, r, r, r]``, ``t [R]``, ``cond [R, T, C]``."""
         return self.run(x, t, cond, layout)
+
+    def rows_denoiser(self, layout: SlotLayout) -> SlotRowsDenoiser:
+        return SlotRowsDenoiser(self, layout)

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 
 from .attention import attention
+from .compile import UsesFusedFunctions
+from .condition import ConditionRows
 from .norms import LayerNorm32, MultiHeadRMSNorm
 
 
@@ -23,6 +25,11 @@ class FeedForwardNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x)
+
+    def weights(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(w1, b1, w2, b2)`` for :func:`~.compile.gated_feed_forward`."""
+        first, _, second = self.mlp
+        return first.weight, first.bias, second.weight, second.bias
 
 
 class MultiHeadAttention(nn.Module):
@@ -71,9 +78,21 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         return self.project_out(attention(*self.project_qkv(x, context)))
 
+    def null_output(self) -> torch.Tensor:
+        """Cross-attention to an all-zero context, for every query: ``[C]``.
 
-class ModulatedTransformerCrossBlock(nn.Module):
-    """adaLN-modulated self-attention, unmodulated cross-attention, adaLN-modulated MLP."""
+        Every key is ``to_k(0) = b_k`` (RMS-normed or not, all equal), so the attention is uniform over
+        values that are all ``b_v``, and the output is ``to_out(b_v)``.
+        """
+        return self.to_out(self.to_kv.bias[self.channels:])
+
+
+class ModulatedTransformerCrossBlock(UsesFusedFunctions, nn.Module):
+    """adaLN-modulated self-attention, unmodulated cross-attention, adaLN-modulated MLP.
+
+    The elementwise work between the attention and MLP GEMMs goes through ``self.fused`` (see
+    :mod:`.compile`). A :class:`ConditionRows` context skips the cross-attention of its all-zero rows.
+    """
 
     def __init__(self, channels: int, ctx_channels: int, num_heads: int, mlp_ratio: float = 4.0,
                  share_mod: bool = False, qk_rms_norm: bool = False, qk_rms_norm_cross: bool = False):
@@ -99,16 +118,35 @@ class ModulatedTransformerCrossBlock(nn.Module):
     def attend_context(self, h: torch.Tensor, context: torch.Tensor, layout=None) -> torch.Tensor:
         return self.cross_attn(h, context)
 
-    def broadcast(self, mod: torch.Tensor, layout=None) -> torch.Tensor:
-        """Per-sample modulation ``[B, 6C]`` shaped to broadcast over the tokens of each sample."""
-        return mod.unsqueeze(1)
+    def modulation_rows(self, mod: torch.Tensor, layout=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per-sample modulation ``[B, 6C]`` shaped to broadcast over each sample's tokens, and the row index
+        that gathers it per token (None when it broadcasts as it is)."""
+        return mod.unsqueeze(1), None
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor, layout=None) -> torch.Tensor:
+    def conditioned_rows(self, samples: int, layout=None) -> tuple[int, object]:
+        """How many leading rows of ``h`` belong to the first ``samples`` samples, and their layout."""
+        return samples, layout
+
+    def attend_condition(self, h: torch.Tensor, context: torch.Tensor | ConditionRows, layout=None) -> torch.Tensor:
+        """Cross-attention for every row; rows with the all-zero condition get the constant output."""
+        if not isinstance(context, ConditionRows):
+            return self.attend_context(h, context, layout)
+        split, head = self.conditioned_rows(context.real_rows, layout)
+        null = self.cross_attn.null_output().expand(h.shape[0] - split, *h.shape[1:])
+        if split == 0:
+            return null
+        return torch.cat([self.attend_context(h[:split], context.tokens, head), null])
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, context: torch.Tensor | ConditionRows,
+                layout=None) -> torch.Tensor:
         if not self.share_mod:
             mod = self.adaLN_modulation(mod)
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.broadcast(mod, layout).chunk(6, -1)
-        h = self.norm1(x) * (1 + scale_msa) + shift_msa
-        x = x + self.attend_self(h, layout) * gate_msa
-        x = x + self.attend_context(self.norm2(x), context, layout)
-        h = self.norm3(x) * (1 + scale_mlp) + shift_mlp
-        return x + self.mlp(h) * gate_mlp
+        mod, rows = self.modulation_rows(mod, layout)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, -1)
+        fused = self.fused
+        h = fused.modulated_norm(x, shift_msa, scale_msa, rows, self.norm1.eps)
+        x, h = fused.gated_residual_norm(x, self.attend_self(h, layout), gate_msa, rows, self.norm2.weight,
+                                         self.norm2.bias, self.norm2.eps)
+        x, h = fused.residual_modulated_norm(x, self.attend_condition(h, context, layout), shift_mlp, scale_mlp,
+                                             rows, self.norm3.eps)
+        return fused.gated_feed_forward(x, h, gate_mlp, rows, *self.mlp.weights())

@@ -13,7 +13,8 @@ SAMPLER_TOL = 5e-4
 
 @dataclass
 class Check:
-    """One output compared: passes when ``|ours - ref| <= atol + rtol |ref|`` everywhere (exact for integers)."""
+    """One output compared: passes when ``|ours - ref| <= atol + rtol |ref|`` everywhere (exact for integers),
+    or, with ``scale_tol`` (half-precision runs), when ``max |ours - ref| <= scale_tol * max |ref|``."""
 
     name: str
     ours: np.ndarray
@@ -21,6 +22,7 @@ class Check:
     atol: float = NETWORK_TOL
     rtol: float = NETWORK_TOL
     error: str = ""
+    scale_tol: float | None = None
 
     def __post_init__(self):
         self.ours = _numpy(self.ours)
@@ -50,10 +52,17 @@ class Check:
             return False
         if self.exact:
             return bool(np.array_equal(self.ours, self.reference))
+        if self.scale_tol is not None:
+            return self.max_rel <= self.scale_tol
         return bool(np.allclose(self.ours, self.reference, atol=self.atol, rtol=self.rtol))
 
 
 def _numpy(x) -> np.ndarray:
+    """A tensor on any device as a CPU array, compared in float32 (float64 stays float64; numpy has no
+    bfloat16)."""
     if isinstance(x, torch.Tensor):
-        return x.detach().cpu().numpy()
+        x = x.detach()
+        if x.is_floating_point() and x.dtype != torch.float64:
+            x = x.float()
+        return x.cpu().numpy()
     return np.asarray(x)

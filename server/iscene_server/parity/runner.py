@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from ..errors import ISceneError
 from .cases import CASES
 from .checks import Check
+from .precision import Precision
 
 
 @dataclass
@@ -45,7 +46,9 @@ def _case_name(path: Path, sidecar: dict) -> str:
         return (f.metadata() or {}).get("case", path.stem)
 
 
-def run_file(path: str | Path) -> FileResult:
+def run_file(path: str | Path, precision: Precision | None = None) -> FileResult:
+    """One vector file through its case, on ``precision``'s device and dtype (default: CPU float32)."""
+    precision = precision or Precision()
     path = Path(path)
     sidecar_path = path.with_suffix(".json")
     try:
@@ -57,7 +60,7 @@ def run_file(path: str | Path) -> FileResult:
         return FileResult(path, case, error=f"unknown case (known: {', '.join(sorted(CASES))})")
     try:
         tensors = load_file(str(path))
-        checks = CASES[case](tensors, sidecar)
+        checks = CASES[case](tensors, sidecar, precision)
     except ISceneError as exc:
         return FileResult(path, case, error=str(exc))
     except Exception as exc:  # report, never crash the whole run on one bad file
@@ -65,5 +68,7 @@ def run_file(path: str | Path) -> FileResult:
     return FileResult(path, case, checks)
 
 
-def run_files(paths: list[str | Path]) -> list[FileResult]:
-    return [run_file(p) for p in paths]
+def run_files(paths: list[str | Path], precision: Precision | None = None) -> list[FileResult]:
+    precision = precision or Precision()
+    precision.configure()
+    return [run_file(p, precision) for p in paths]

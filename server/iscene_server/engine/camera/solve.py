@@ -32,6 +32,7 @@ offset and is only determined by parallax); orthographic cameras keep it at the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -94,12 +95,13 @@ def default_orientation() -> int:
 
 
 def solve_camera(voxels: dict[int, np.ndarray], ids: np.ndarray, crop_box, *,
-                 kinds=(PERSPECTIVE, ORTHOGRAPHIC)) -> CameraFit:
+                 kinds=(PERSPECTIVE, ORTHOGRAPHIC), check: Callable[[], None] | None = None) -> CameraFit:
     """Fit the camera that maps S onto the image whose label map is ``ids`` (``[H, W]``, 0 = background).
 
     ``voxels[label]``: ``[M, 3]`` integer coordinates in the 64³ grid of S; ``crop_box``: the model's input crop
     ``(x0, y0, x1, y1)`` in image pixels; ``kinds``: the camera models to try. Instances without voxels or without
     a mask are left out of the fit and get IoU 0; when none is left, :func:`default_camera` is returned.
+    ``check`` is called between pieces of the search (each a small fraction of a second); it raises to stop.
     """
     if not voxels:
         raise ValueError("solve_camera needs at least one instance (got an empty voxels dict)")
@@ -116,7 +118,7 @@ def solve_camera(voxels: dict[int, np.ndarray], ids: np.ndarray, crop_box, *,
         return CameraFit(default_camera(crop_box, image_size), 0.0, {int(label): 0.0 for label in voxels},
                          default_orientation(), {"method": "default", "kind": ORTHOGRAPHIC,
                                                  "reason": "no instance has both voxels and a mask"})
-    return _Solver(scene, ids, crop, image_size, kinds).solve()
+    return _Solver(scene, ids, crop, image_size, kinds, check).solve()
 
 
 # --- inputs ----------------------------------------------------------------------------------------------
@@ -584,8 +586,10 @@ def _mutual_nearest(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, 
 
 # --- the solver ------------------------------------------------------------------------------------------
 class _Solver:
-    def __init__(self, scene: _Scene, ids: np.ndarray, crop: _Crop, image_size: tuple[int, int], kinds):
+    def __init__(self, scene: _Scene, ids: np.ndarray, crop: _Crop, image_size: tuple[int, int], kinds,
+                 check: Callable[[], None] | None = None):
         self.scene, self.ids, self.crop, self.image_size, self.kinds = scene, ids, crop, image_size, kinds
+        self.check = check
         self.count = len(scene.fitted)
         self.region = self._region()
         self.canvases = {cells: _Canvas.covering(self.region, crop.side / cells, ids, scene.fitted)
@@ -599,9 +603,14 @@ class _Solver:
         return np.concatenate([np.minimum(self.crop.centre - half, boxes[:, :2].min(axis=0)),
                                np.maximum(self.crop.centre + half, boxes[:, 2:].max(axis=0))])
 
+    def _checkpoint(self) -> None:
+        if self.check is not None:
+            self.check()
+
     def solve(self) -> CameraFit:
         views = [_View.build(self.scene, i, rotation) for i, rotation in enumerate(axis_aligned_rotations())]
         searched = sorted((self._moment_fit(view) for view in views), key=lambda c: -c.mean_iou)
+        self._checkpoint()
         shortlist = [c for c in searched[:SEARCH_KEEP] if c.mean_iou >= searched[0].mean_iou - SEARCH_MARGIN]
         refined = sorted((self._refine(c, False, REFINE_CELLS, ORTHO_ITERATIONS[0]) for c in shortlist),
                          key=lambda c: -c.mean_iou)
@@ -618,6 +627,7 @@ class _Solver:
     # -- orientation search --
     def _moment_fit(self, view: _View) -> _Candidate:
         """An orthographic camera for ``view`` matching silhouette moments (see :func:`_similarity_fit`)."""
+        self._checkpoint()
         canvas = self.canvases[SEARCH_CELLS]
         q, instance = view.subset(False)
         theta = self._initial_theta(q)
@@ -668,8 +678,10 @@ class _Solver:
         k_range = (1e-4 if perspective else 0.0, _max_k(q))
         canvas = self.canvases[cells]
         problem = _Alignment(canvas, q, instance, self.mask_edges, self.crop)
+        self._checkpoint()
         state, damping = problem.evaluate(theta), 1e-3
         for _ in range(iterations):
+            self._checkpoint()
             step = problem.step(state, free, damping)
             if step is None:
                 break
@@ -698,6 +710,7 @@ class _Solver:
 
     # -- result --
     def _result(self, chosen: _Candidate, runner_up: _Candidate | None) -> CameraFit:
+        self._checkpoint()
         camera = _camera(chosen.view.rotation, chosen.theta, self.image_size)
         iou = self._final_iou(chosen)
         per_label = {label: 0.0 for label in self.scene.labels}

@@ -120,12 +120,13 @@ def _seeded(name: str, args: dict, seed: int) -> nn.Module:
 def _calibrate_occupancy(decoder: SparseStructureDecoder, fraction: float, seed: int) -> None:
     """Shift the output bias so about ``fraction`` of the grid is occupied for unit-Gaussian latents."""
     generator = torch.Generator().manual_seed(seed)
-    latents = torch.randn(4, decoder.input_layer.in_channels, 16, 16, 16, generator=generator)
+    bias = decoder.out_layer[2].bias
+    latents = torch.randn(4, decoder.input_layer.in_channels, 16, 16, 16, generator=generator, device="cpu")
     with torch.no_grad():
-        logits = decoder(latents).flatten()
-        threshold = torch.quantile(logits[torch.randperm(logits.numel(), generator=generator)[:2 ** 20]],
-                                   1.0 - fraction)
-        decoder.out_layer[2].bias -= threshold
+        logits = decoder(latents.to(bias.device)).flatten().cpu()
+        sample = torch.randperm(logits.numel(), generator=generator, device="cpu")[:2 ** 20]
+        threshold = torch.quantile(logits[sample], 1.0 - fraction)
+        bias -= threshold.to(bias.device)
 
 
 def _bias_mesh_head_inside(decoder: SLatMeshDecoder) -> None:
@@ -147,32 +148,27 @@ def _stored_state(net: nn.Module, use_fp16: bool) -> dict[str, torch.Tensor]:
     return state
 
 
-def _write_trellis_network(root: Path, stem: str, name: str, args: dict, seed: int, occupancy: float) -> None:
-    net = _seeded(name, args, seed)
-    if isinstance(net, SparseStructureDecoder):
-        _calibrate_occupancy(net, occupancy, seed)
-    if isinstance(net, SLatMeshDecoder):
-        _bias_mesh_head_inside(net)
-    (root / stem).parent.mkdir(parents=True, exist_ok=True)
-    (root / f"{stem}.json").write_text(json.dumps({"name": name, "args": args}, indent=4))
-    save_file(_stored_state(net, args.get("use_fp16", False)), str(root / f"{stem}.safetensors"))
+def random_network(name: str, args: dict, seed: int, occupancy: float = OCCUPANCY_FRACTION,
+                   device: torch.device | str = "cpu") -> nn.Module:
+    """A network with the tiny package's seeded weights, built directly on ``device`` (float32): the SS
+    decoder calibrated to occupy about ``occupancy`` of the grid, the mesh head biased inside."""
+    with torch.device(device):
+        net = _seeded(name, args, seed)
+        if isinstance(net, SparseStructureDecoder):
+            _calibrate_occupancy(net, occupancy, seed)
+        if isinstance(net, SLatMeshDecoder):
+            _bias_mesh_head_inside(net)
+    return net
 
 
-def write_tiny_package(directory: str | Path, seed: int = SEED, release_sizes: bool = False) -> Path:
-    """Write the tiny package into ``directory`` (created if needed) and return its path.
-
-    ``release_sizes`` writes the same random-weight package at the release's sizes instead (about 4.6 GB,
-    minutes on a CPU): full-size timing and memory figures without downloading the real weights.
-    With the ``[segment]`` extra installed, a seeded SAM goes into ``DIR/sam`` (the server's default
-    segmentation model for this package); without it that folder is left out.
-    """
+def write_package_configs(directory: str | Path, sizes: dict[str, dict], model_name: str) -> Path:
+    """The package's config files (no weights): ``iscene_config.json``, ``config.yml``, the base's
+    ``pipeline.json`` and one ``ckpts/<stem>.json`` per TRELLIS network, with ``sizes`` (role -> args)."""
     root = Path(directory)
     base = root / BASE_DIR
-    sizes = RELEASE_SIZES if release_sizes else TINY_SIZES
-    occupancy = RELEASE_OCCUPANCY_FRACTION if release_sizes else OCCUPANCY_FRACTION
-    networks = {**TRELLIS_NETWORKS, **EXTRA_TRELLIS_NETWORKS}
-    for offset, (role, (stem, name)) in enumerate(networks.items()):
-        _write_trellis_network(base, stem, name, sizes[role], seed + offset, occupancy)
+    for role, (stem, name) in {**TRELLIS_NETWORKS, **EXTRA_TRELLIS_NETWORKS}.items():
+        (base / stem).parent.mkdir(parents=True, exist_ok=True)
+        (base / f"{stem}.json").write_text(json.dumps({"name": name, "args": sizes[role]}, indent=4))
     pipeline = {
         "name": "TrellisImageTo3DPipeline",
         "args": {
@@ -184,13 +180,6 @@ def write_tiny_package(directory: str | Path, seed: int = SEED, release_sizes: b
         },
     }
     (base / PIPELINE_JSON).write_text(json.dumps(pipeline, indent=4))
-
-    (root / "ckpts").mkdir(parents=True, exist_ok=True)
-    denoiser = _seeded("SparseStructureSceneContextFlowModel", sizes["denoiser"], seed + 100)
-    torch.save(_stored_state(denoiser, True), root / "ckpts" / "iscene_denoiser.pt")
-    del denoiser
-    conditioner = _seeded("ImageConditioner", sizes["image_conditioner"], seed + 101)
-    torch.save(_stored_state(conditioner, False), root / "ckpts" / "iscene_image_conditioner.pt")
     config = {
         "models": {
             "denoiser": {"name": "SparseStructureSceneContextFlowModel", "args": sizes["denoiser"]},
@@ -200,12 +189,39 @@ def write_tiny_package(directory: str | Path, seed: int = SEED, release_sizes: b
     }
     (root / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     (root / ISCENE_CONFIG_JSON).write_text(json.dumps({
-        "model_name": "IScene-random-release-size" if release_sizes else "IScene-tiny",
+        "model_name": model_name,
         "base_model_id": BASE_DIR,
         "config_file": "config.yml",
         "denoiser_checkpoint": "ckpts/iscene_denoiser.pt",
         "image_conditioner_checkpoint": "ckpts/iscene_image_conditioner.pt",
     }, indent=4))
+    return root
+
+
+def write_tiny_package(directory: str | Path, seed: int = SEED, release_sizes: bool = False) -> Path:
+    """Write the tiny package into ``directory`` (created if needed) and return its path.
+
+    ``release_sizes`` writes the same random-weight package at the release's sizes instead (about 4.6 GB,
+    minutes on a CPU): full-size timing and memory figures without downloading the real weights.
+    With the ``[segment]`` extra installed, a seeded SAM goes into ``DIR/sam`` (the server's default
+    segmentation model for this package); without it that folder is left out.
+    """
+    sizes = RELEASE_SIZES if release_sizes else TINY_SIZES
+    occupancy = RELEASE_OCCUPANCY_FRACTION if release_sizes else OCCUPANCY_FRACTION
+    root = write_package_configs(directory, sizes,
+                                 "IScene-random-release-size" if release_sizes else "IScene-tiny")
+    base = root / BASE_DIR
+    networks = {**TRELLIS_NETWORKS, **EXTRA_TRELLIS_NETWORKS}
+    for offset, (role, (stem, name)) in enumerate(networks.items()):
+        net = random_network(name, sizes[role], seed + offset, occupancy)
+        save_file(_stored_state(net, sizes[role].get("use_fp16", False)), str(base / f"{stem}.safetensors"))
+        del net
+    (root / "ckpts").mkdir(parents=True, exist_ok=True)
+    denoiser = _seeded("SparseStructureSceneContextFlowModel", sizes["denoiser"], seed + 100)
+    torch.save(_stored_state(denoiser, True), root / "ckpts" / "iscene_denoiser.pt")
+    del denoiser
+    conditioner = _seeded("ImageConditioner", sizes["image_conditioner"], seed + 101)
+    torch.save(_stored_state(conditioner, False), root / "ckpts" / "iscene_image_conditioner.pt")
     if segment.available():
         from ...segment.tiny import write_tiny_sam
         write_tiny_sam(root / PACKAGE_FOLDER, seed + 200, release_sizes)

@@ -14,7 +14,7 @@ The scene frame and the scene slot do not depend on the instance, so they are co
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -215,13 +215,15 @@ def build_slots(
     exp_setting: str = "global",
     labels: Iterable[int] | None = None,
     scene_box: Box | None = None,
+    check: Callable[[], None] | None = None,
 ) -> SceneSlots:
     """Build the slot images of the instances of ``scene``.
 
     ``labels`` selects instances (default all; the result is in ascending id order). ``scene_box``
     replaces the scene frame, e.g. to regenerate some instances in the frame of an earlier job; by default
     the frame surrounds all instances of the label map, not only the selected ones. Canonical slots are
-    only computed when ``exp_setting`` contains "local".
+    only computed when ``exp_setting`` contains "local". ``check`` is called before each instance (a job's
+    cancellation check: it raises to stop).
     """
     selected = _select_labels(scene.label_ids, labels)
     frame = _scene_frame(scene) if scene_box is None else _check_frame(scene_box)
@@ -234,6 +236,8 @@ def build_slots(
     canonical = np.empty_like(instances) if local else None
     canonical_boxes: list[Box] = []
     for k, label in enumerate(selected):
+        if check is not None:
+            check()
         inst_mask = ids_frame == label
         if not inst_mask.any():
             raise InputError(

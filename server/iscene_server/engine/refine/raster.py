@@ -22,13 +22,14 @@ Design:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from ..camera.model import PERSPECTIVE
-from .voxels import check_matrix
+from .voxels import check_matrix, no_check
 
 NEAR = 1e-4
 FRAGMENT_BUDGET = 1 << 19  # fragments evaluated at once (about 80 MB of temporaries)
@@ -167,20 +168,25 @@ def project_mesh(mesh: RenderMesh, camera, origin: np.ndarray, scale: np.ndarray
             np.full(len(faces), int(mesh.label), dtype=np.int64))
 
 
-def project_meshes(meshes: list[RenderMesh], camera, origin: np.ndarray,
-                   scale: np.ndarray) -> tuple[np.ndarray, ...]:
-    """All meshes' per-face data (see ``project_mesh``), concatenated."""
+def project_meshes(meshes: list[RenderMesh], camera, origin: np.ndarray, scale: np.ndarray,
+                   check: Callable[[], None] = no_check) -> tuple[np.ndarray, ...]:
+    """All meshes' per-face data (see ``project_mesh``), concatenated; ``check()`` before each mesh."""
     empty = (np.zeros((0, 3, 2)), np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros(0, dtype=np.int64))
-    parts = [project_mesh(mesh, camera, origin, scale) for mesh in meshes if np.asarray(mesh.faces).size]
+    parts = []
+    for mesh in meshes:
+        if np.asarray(mesh.faces).size:
+            check()
+            parts.append(project_mesh(mesh, camera, origin, scale))
     return tuple(np.concatenate([first, *(part[i] for part in parts)]) for i, first in enumerate(empty))
 
 
 def gather_faces(meshes: list[RenderMesh], camera, origin: np.ndarray, scale: np.ndarray, near: float,
-                 device: torch.device) -> Faces:
+                 device: torch.device, check: Callable[[], None] = no_check) -> Faces:
     """Project every mesh, snap to fixed point, drop faces behind the near plane, outside the guard band or
     degenerate on screen, and orient the rest counter-clockwise."""
     corners, depth, colors, labels = (torch.from_numpy(a).to(device)
-                                      for a in project_meshes(meshes, camera, origin, scale))
+                                      for a in project_meshes(meshes, camera, origin, scale, check))
+    check()
     keep = (lowest(depth) > near) & (highest(corners.abs().amax(dim=2)) < GUARD_BAND)
     corners, depth, colors, labels = corners[keep], depth[keep], colors[keep], labels[keep]
     fixed = torch.round(corners * SUBPIXEL).long()
@@ -273,15 +279,19 @@ def fragment_depth(w: torch.Tensor, depth: torch.Tensor, perspective: bool) -> t
     return total(bary * depth)
 
 
-def visibility(faces: Faces, width: int, height: int, perspective: bool, budget: int) -> torch.Tensor:
-    """Packed nearest-fragment key per pixel ``[H * W]`` int64 (``int64 max`` where nothing is drawn)."""
+def visibility(faces: Faces, width: int, height: int, perspective: bool, budget: int,
+               check: Callable[[], None] = no_check) -> torch.Tensor:
+    """Packed nearest-fragment key per pixel ``[H * W]`` int64 (``int64 max`` where nothing is drawn);
+    ``check()`` before each chunk of work."""
     device = faces.lines.device
     keys = torch.full((height * width,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
     y_first, rows = face_rows(faces, height)
     chosen = torch.nonzero(rows > 0).squeeze(1)
     for start, stop in chunks(rows[chosen], budget // 4):
+        check()
         face, y, x_first, count = row_spans(faces, chosen[start:stop], y_first, rows, width)
         for first, last in chunks(count, budget):
+            check()
             draw_spans(keys, faces, face[first:last], y[first:last], x_first[first:last], count[first:last],
                        width, perspective)
     return keys
@@ -330,19 +340,22 @@ def shade(faces: Faces, keys: torch.Tensor, width: int, height: int, perspective
 
 def render_instances(meshes: list[RenderMesh], camera, *, size: tuple[int, int] | None = None,
                      region: tuple[float, float, float, float] | None = None, near: float = NEAR,
-                     device: str | torch.device | None = None, budget: int = FRAGMENT_BUDGET) -> Rendering:
+                     device: str | torch.device | None = None, budget: int = FRAGMENT_BUDGET,
+                     check: Callable[[], None] = no_check) -> Rendering:
     """Render instance meshes (scene frame S) through the camera: vertex colours, instance ids and depth.
 
     The output is the camera's ``image_size`` ``(W, H)`` unless ``region`` (a rectangle ``(x0, y0, x1, y1)`` of the
     camera image, in its pixels) and/or ``size`` (the output ``(W, H)``) say otherwise. ``device`` defaults to CPU.
+    ``check`` is called between pieces of the work (each mesh, each chunk of fragments); it raises to stop.
     """
     for mesh in meshes:
         check_mesh(mesh)
     width, height, origin, scale = output_frame(camera, size, region)
     device = torch.device(device or "cpu")
     perspective = camera.kind == PERSPECTIVE
-    faces = gather_faces(meshes, camera, origin, scale, near, device)
+    faces = gather_faces(meshes, camera, origin, scale, near, device, check)
     if len(faces.labels) >= 1 << (FACE_BITS - 1):
         raise ValueError(f"too many faces to render at once: {len(faces.labels)}")
-    keys = visibility(faces, width, height, perspective, max(int(budget), width))
+    keys = visibility(faces, width, height, perspective, max(int(budget), width), check)
+    check()
     return shade(faces, keys, width, height, perspective)

@@ -15,6 +15,7 @@ Stage 2 then rebuilds the refined instances. Locked instances are left exactly a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,15 +25,31 @@ import torch
 from ...errors import InputError
 from ...geometry.export import read_instance_mesh
 from ..camera import Camera
-from ..pipeline import GenerationRequest, ScenePipeline, SceneResult, Timer, check_steps, describe_settings
+from ..cancel import cancellation_points
+from ..eta import relative_plan
+from ..pipeline import (
+    GenerationRequest,
+    ScenePipeline,
+    SceneResult,
+    Timer,
+    check_steps,
+    describe_settings,
+)
 from ..preprocess import SceneInput, build_slots, scene_from_arrays
 from ..progress import ProgressTracker
 from ..results import STRUCTURE_NPZ
 from ..stage1 import InstanceStructure, Stage1
 from .raster import RenderMesh, render_instances, transform_mesh
-from .voxels import check_matrix, is_identity, occupancy_grid, transform_voxels, union
+from .voxels import (
+    check_matrix,
+    is_identity,
+    no_check,
+    occupancy_grid,
+    transform_voxels,
+    union,
+)
 
-REFINE_PLAN = {"preprocess": 1.0, "condition": 1.0, "stage1": 20.0, "decode": 1.0, "stage2": 20.0, "meshes": 8.0}
+REFINE_PLAN = relative_plan(("preprocess", "condition", "stage1", "decode", "stage2", "meshes"))
 SUPERSAMPLE = 3  # stage-1 occupancies are surface shells: 3^3 probes per cell keep them closed and their size
 
 
@@ -109,9 +126,10 @@ def check_edit(parent: ParentScene, transforms: dict[int, list], locked: list[in
     return RefineEdit(matrices, set(locked), float(strength), int(seed))
 
 
-def plan_refine(parent: ParentScene, edit: RefineEdit, visible: set[int] | None) -> RefinePlan:
+def plan_refine(parent: ParentScene, edit: RefineEdit, visible: set[int] | None,
+                check: Callable[[], None] = no_check) -> RefinePlan:
     """Move the unlocked instances' voxels and decide what to re-sample. ``visible``: labels seen in the
-    re-rendered view (None when nothing is re-sampled, i.e. strength 0)."""
+    re-rendered view (None when nothing is re-sampled, i.e. strength 0); ``check()`` stops the work when it raises."""
     coords = parent.coords()
     plan = RefinePlan(dict(coords))
     moved = []
@@ -119,7 +137,7 @@ def plan_refine(parent: ParentScene, edit: RefineEdit, visible: set[int] | None)
         matrix = edit.transforms.get(label)
         if label in edit.locked or matrix is None or is_identity(matrix):
             continue
-        result = transform_voxels(coords[label], matrix, supersample=SUPERSAMPLE)
+        result = transform_voxels(coords[label], matrix, supersample=SUPERSAMPLE, check=check)
         if len(result.coords) == 0:
             raise InputError(f"instance {label} was moved entirely out of the scene volume",
                              "move it back into the scene (the generated cube [-0.5, 0.5]^3), or delete it in Blender")
@@ -138,12 +156,14 @@ def plan_refine(parent: ParentScene, edit: RefineEdit, visible: set[int] | None)
     return plan
 
 
-def render_edit(parent: ParentScene, edit: RefineEdit) -> SceneInput | None:
+def render_edit(parent: ParentScene, edit: RefineEdit, check: Callable[[], None] = no_check) -> SceneInput | None:
     """The edited arrangement of the parent's meshes, seen from its camera, as a new scene input."""
     camera = parent.camera()
-    meshes = [parent.render_mesh(label, None if label in edit.locked else edit.transforms.get(label))
-              for label in parent.labels]
-    rendering = render_instances([m for m in meshes if m is not None], camera)
+    meshes = []
+    for label in parent.labels:
+        check()
+        meshes.append(parent.render_mesh(label, None if label in edit.locked else edit.transforms.get(label)))
+    rendering = render_instances([m for m in meshes if m is not None], camera, check=check)
     if not (rendering.ids > 0).any():
         return None
     return scene_from_arrays(rendering.rgb, rendering.ids)
@@ -165,22 +185,23 @@ class Refiner:
     def run(self, parent: ParentScene, original: SceneInput, edit: RefineEdit, request: GenerationRequest,
             progress: ProgressTracker) -> tuple[SceneResult, RefinePlan]:
         timer = Timer()
+        check = progress.check_cancelled
         progress.begin("preprocess")
-        edited = render_edit(parent, edit) if edit.strength > 0 else None
+        edited = render_edit(parent, edit, check) if edit.strength > 0 else None
         visible = None if edit.strength == 0 else set(edited.label_ids) if edited else set()
-        plan = plan_refine(parent, edit, visible)
-        original_slots = build_slots(original, self.pipeline.package.exp_setting, plan.changed, parent.frame)
+        plan = plan_refine(parent, edit, visible, check)
+        original_slots = build_slots(original, self.pipeline.package.exp_setting, plan.changed, parent.frame, check)
         timer.lap("preprocess")
 
         progress.begin("condition")
-        _, original_cond = self.pipeline.conditions(original_slots)
+        _, original_cond = self._conditions(original_slots, check)
         cond = {label: original_cond[i, 0] for i, label in enumerate(original_slots.label_ids)}
         timer.lap("condition")
 
         resampled = self._resample(plan, edited, edit, parent.frame, request, cond, progress, timer)
         structures = dict(resampled.instances)
         for label in plan.rebuild_only:
-            latent = self._encode([plan.coords[label]])[0]
+            latent = self._encode([plan.coords[label]], check)[0]
             structures[label] = InstanceStructure(label, edit.seed, latent, plan.coords[label])
         instances = [structures[label] for label in plan.changed]
         results, stage2, frame = self.pipeline.finish_instances(
@@ -188,13 +209,20 @@ class Refiner:
         progress.finish()
         settings = {"stage2": stage2, **({"stage1": resampled.settings} if resampled.settings else {})}
         return SceneResult(original_slots, edit.seed, resampled.scene_latent, results, settings, timer.timings,
-                           frame), plan
+                           frame, gpu_finished_at=timer.gpu_finished_at), plan
 
-    def _encode(self, coords: list[np.ndarray]) -> torch.Tensor:
-        """Posterior means of the sparse-structure encoder for occupancies on the 64^3 grid."""
+    def _conditions(self, slots, check: Callable[[], None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's condition tokens of ``slots``, with ``check()`` before each DINOv2 block."""
+        with cancellation_points(self.pipeline.models.get("image_conditioner"), check):
+            return self.pipeline.conditions(slots)
+
+    def _encode(self, coords: list[np.ndarray], check: Callable[[], None]) -> torch.Tensor:
+        """Posterior means of the sparse-structure encoder for occupancies on the 64^3 grid (``check()`` before
+        each of its stages)."""
         encoder = self.pipeline.models.get("sparse_structure_encoder")
+        check()
         grids = torch.stack([occupancy_grid(c) for c in coords]).to(self.pipeline.device)
-        with torch.no_grad():
+        with torch.no_grad(), cancellation_points(encoder, check):
             return encoder(grids).float().cpu()
 
     def _resample(self, plan: RefinePlan, edited: SceneInput | None, edit: RefineEdit, frame, request,
@@ -203,12 +231,13 @@ class Refiner:
         their conditions in ``cond`` become those of the edited view."""
         if not plan.resample:
             return Resampled()
-        slots = build_slots(edited, self.pipeline.package.exp_setting, plan.resample, frame)
-        scene_cond, instance_cond = self.pipeline.conditions(slots)
+        check = progress.check_cancelled
+        slots = build_slots(edited, self.pipeline.package.exp_setting, plan.resample, frame, check)
+        scene_cond, instance_cond = self._conditions(slots, check)
         cond.update({label: instance_cond[i, 0] for i, label in enumerate(slots.label_ids)})
-        clean_own = self._encode([plan.coords[label] for label in slots.label_ids])
+        clean_own = self._encode([plan.coords[label] for label in slots.label_ids], check)
         clean_own = clean_own[:, None].expand(-1, instance_cond.shape[1], -1, -1, -1, -1)
-        clean_scene = self._encode([union(list(plan.coords.values()))])[0]
+        clean_scene = self._encode([union(list(plan.coords.values()))], check)[0]
         timer.lap("condition")
 
         settings = self.pipeline.package.sampler("sparse_structure_sampler", steps=request.steps,
@@ -223,7 +252,8 @@ class Refiner:
                                               clean=(clean_scene, clean_own), t_start=edit.strength)
         timer.lap("stage1")
         progress.begin("decode")
-        structure = stage1.assemble(slots.label_ids, seeds, edit.seed, scene_latent, latents)
+        with cancellation_points(stage1.decoder, check):
+            structure = stage1.assemble(slots.label_ids, seeds, edit.seed, scene_latent, latents)
         timer.lap("decode")
         instances = {}
         for inst in structure.instances:

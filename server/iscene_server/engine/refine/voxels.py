@@ -14,6 +14,7 @@ rotations exactly, since every probe of a target cell then lands in one and the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,10 @@ GRID = 64
 MIN_SCALE, MAX_SCALE = 1e-2, 1e2  # allowed singular values of the matrix's linear part
 IDENTITY_TOLERANCE = 1e-6
 MAX_PROBES = 1 << 21  # probe points evaluated at once (bounds memory to a few tens of MB)
+
+
+def no_check() -> None:
+    """The default ``check`` of long loops: never stops them (a job passes its cancellation check instead)."""
 
 
 @dataclass
@@ -101,8 +106,9 @@ def lookup(occupied: np.ndarray, points: np.ndarray) -> np.ndarray:
 
 
 def resample(occupied: np.ndarray, a: np.ndarray, b: np.ndarray, start: np.ndarray, stop: np.ndarray,
-             supersample: int) -> np.ndarray:
-    """Target cells within ``[start, stop)`` with at least half of their probes mapping into occupied source cells."""
+             supersample: int, check: Callable[[], None] = no_check) -> np.ndarray:
+    """Target cells within ``[start, stop)`` with at least half of their probes mapping into occupied source cells;
+    ``check()`` before each chunk of probes."""
     inverse = np.linalg.inv(a)
     offsets = probe_offsets(supersample)
     axes = [np.arange(s, e) for s, e in zip(start, stop)]
@@ -111,6 +117,7 @@ def resample(occupied: np.ndarray, a: np.ndarray, b: np.ndarray, start: np.ndarr
     kept = []
     step = max(1, MAX_PROBES // len(offsets))
     for first in range(0, len(cells), step):
+        check()
         chunk = cells[first:first + step]
         probes = (chunk[:, None, :] + offsets[None]).reshape(-1, 3)
         hits = lookup(occupied, (probes - b) @ inverse.T).reshape(len(chunk), len(offsets))
@@ -129,8 +136,10 @@ def dropped_fraction(coords: np.ndarray, a: np.ndarray, b: np.ndarray, grid: int
     return outside / (len(coords) * len(offsets))
 
 
-def transform_voxels(coords: np.ndarray, matrix: np.ndarray, grid: int = GRID, supersample: int = 2) -> TransformResult:
-    """Move occupied cells ``[M, 3]`` of the ``grid^3`` scene grid by the 4x4 scene-frame matrix (see module doc)."""
+def transform_voxels(coords: np.ndarray, matrix: np.ndarray, grid: int = GRID, supersample: int = 2,
+                     check: Callable[[], None] = no_check) -> TransformResult:
+    """Move occupied cells ``[M, 3]`` of the ``grid^3`` scene grid by the 4x4 scene-frame matrix (see module doc);
+    ``check()`` is called between chunks of the work and raises to stop it."""
     if not 1 <= supersample <= 8:
         raise ValueError(f"supersample must be within [1, 8], got {supersample}")
     m = check_matrix(matrix)
@@ -146,7 +155,7 @@ def transform_voxels(coords: np.ndarray, matrix: np.ndarray, grid: int = GRID, s
         return TransformResult(np.zeros((0, 3), np.int16), dropped, False)
     occupied = np.zeros((grid, grid, grid), dtype=bool)
     occupied[source[:, 0], source[:, 1], source[:, 2]] = True
-    moved = resample(occupied, a, b, *box, supersample)
+    moved = resample(occupied, a, b, *box, supersample, check)
     return TransformResult(canonical(moved), dropped, False)
 
 

@@ -1,8 +1,12 @@
 """Attention within segments of rows: batch items (full attention) or windows (shifted-window attention).
 
-On CUDA with xformers installed, all segments run in one kernel with a block-diagonal mask. Otherwise
-segments of equal length are stacked and run through the dense attention function (SDPA), one call per
-distinct length: exact (no padding), memory-efficient kernels, and no Python loop over segments.
+On CUDA with xformers installed, all segments run in one kernel with a block-diagonal mask. Otherwise segments
+are padded into a few dense batches and run through the dense attention function (SDPA) with a key mask:
+segments are bucketed by length (lengths in ``(L/2, L]`` share a batch padded to the bucket's longest), and a
+bucket is split into calls of at most :data:`PADDED_TOKENS_PER_CALL` padded rows. The number of attention calls
+therefore grows with the logarithm of the longest segment and with the total size, never with the number of
+distinct lengths; the padded copies stay bounded; the boolean key mask keeps SDPA on its memory-efficient
+kernel on CUDA (flash on the CPU), so no call materialises ``[segments, L, L]`` scores.
 """
 
 from __future__ import annotations
@@ -11,7 +15,55 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attention import _xformers_ops, attention, resolve_backend
+from ..attention import attention, resolve_backend, xformers_ops
+
+PADDED_TOKENS_PER_CALL = 1 << 17  # padded rows per attention call (bounds the padded q/k/v copies)
+
+
+@dataclass(frozen=True)
+class PaddedBatch:
+    """One attention call: segments ``segment_ids [G]`` padded to ``[G, L]``.
+
+    ``gather [G * L]`` is the input row of every padded slot (padding repeats the segment's first row),
+    ``valid [G, L]`` marks real slots, and ``kept [M]`` / ``rows [M]`` send the real slots of the flattened
+    ``[G * L]`` output back to their input rows; ``valid`` and ``kept`` are None when nothing is padded.
+    """
+
+    length: int
+    segment_ids: torch.Tensor
+    gather: torch.Tensor
+    valid: torch.Tensor | None
+    kept: torch.Tensor | None
+    rows: torch.Tensor
+
+    def to(self, device: torch.device) -> "PaddedBatch":
+        move = (lambda t: None if t is None else t.to(device))
+        return PaddedBatch(self.length, move(self.segment_ids), move(self.gather), move(self.valid),
+                           move(self.kept), move(self.rows))
+
+
+def plan_padded_batches(lengths: list[int], order: torch.Tensor | None, tokens_per_call: int) -> list[PaddedBatch]:
+    """Bucket segments by ``ceil(log2(length))`` and split buckets into calls (built on the CPU)."""
+    sizes = torch.tensor(lengths, dtype=torch.long)
+    starts = torch.cumsum(sizes, 0) - sizes
+    order = None if order is None else order.cpu()
+    buckets = torch.ceil(torch.log2(sizes.clamp(min=1).double())).long()
+    batches = []
+    for bucket in torch.unique(buckets).tolist():
+        ids = torch.nonzero(buckets == bucket).flatten()
+        length = int(sizes[ids].max())
+        per_call = max(1, tokens_per_call // length)
+        for chunk in ids.split(per_call):
+            offsets = torch.arange(length)
+            valid = offsets < sizes[chunk, None]  # [G, L]
+            grouped = starts[chunk, None] + torch.where(valid, offsets, 0)  # [G, L] rows in segment order
+            rows = grouped if order is None else order[grouped]
+            if bool(valid.all()):
+                batches.append(PaddedBatch(length, chunk, rows.flatten(), None, None, rows.flatten()))
+                continue
+            kept = torch.nonzero(valid.flatten()).flatten()
+            batches.append(PaddedBatch(length, chunk, rows.flatten(), valid, kept, rows.flatten()[kept]))
+    return batches
 
 
 @dataclass
@@ -20,20 +72,21 @@ class Segments:
 
     lengths: list[int]
     order: torch.Tensor | None = None
-    _groups: list[tuple[int, torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
+    _batches: dict[str, list[PaddedBatch]] = field(default_factory=dict, repr=False)
 
-    def by_length(self, device) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
-        """``(length, row index [G, length], segment ids [G])`` for each distinct segment length."""
-        if self._groups is None:
-            lengths = torch.tensor(self.lengths, dtype=torch.long)
-            starts = torch.cumsum(lengths, 0) - lengths
-            groups = []
-            for length in torch.unique(lengths).tolist():
-                ids = torch.nonzero(lengths == length).flatten()
-                rows = starts[ids, None] + torch.arange(length)
-                groups.append((length, rows.to(device), ids.to(device)))
-            self._groups = groups
-        return self._groups
+    def padded_batches(self, device: torch.device) -> list[PaddedBatch]:
+        """The attention calls covering every segment, cached per device."""
+        key = str(device)
+        if key not in self._batches:
+            plan = plan_padded_batches(self.lengths, self.order, PADDED_TOKENS_PER_CALL)
+            self._batches[key] = [batch.to(device) for batch in plan]
+        return self._batches[key]
+
+    def head(self, count: int) -> "Segments":
+        """The first ``count`` segments (for ``order`` None: the rows before ``sum(lengths[:count])``)."""
+        if self.order is not None:
+            raise ValueError("only segments in row order can be cut")
+        return Segments(self.lengths[:count])
 
 
 def _grouped(x: torch.Tensor, segments: Segments) -> torch.Tensor:
@@ -48,30 +101,40 @@ def _ungrouped(out: torch.Tensor, segments: Segments) -> torch.Tensor:
     return result
 
 
+def _padded(x: torch.Tensor, batch: PaddedBatch) -> torch.Tensor:
+    """Rows ``[N, H, D]`` -> padded segments ``[G, L, H, D]``."""
+    return x[batch.gather].unflatten(0, (-1, batch.length))
+
+
+def _scatter(out: torch.Tensor, padded: torch.Tensor, batch: PaddedBatch) -> None:
+    """Write the real slots of ``padded [G, L, H, D]`` into their rows of ``out [N, H, D]``."""
+    flat = padded.flatten(0, 1)
+    out[batch.rows] = flat if batch.kept is None else flat[batch.kept]
+
+
 def segmented_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments) -> torch.Tensor:
     """Self-attention of ``q, k, v [N, H, D]`` within each segment; returns ``[N, H, D]``."""
-    q, k, v = (_grouped(t, segments) for t in (q, k, v))
     if resolve_backend(q.device) == "xformers":
-        xops = _xformers_ops()
-        mask = xops.fmha.BlockDiagonalMask.from_seqlens(segments.lengths)
-        out = xops.memory_efficient_attention(q[None], k[None], v[None], attn_bias=mask)[0]
-    else:
-        out = torch.empty_like(q)
-        for _, rows, _ in segments.by_length(q.device):
-            out[rows] = attention(q[rows], k[rows], v[rows])
-    return _ungrouped(out, segments)
+        q, k, v = (_grouped(t, segments) for t in (q, k, v))
+        mask = xformers_ops().fmha.BlockDiagonalMask.from_seqlens(segments.lengths)
+        out = xformers_ops().memory_efficient_attention(q[None], k[None], v[None], attn_bias=mask)[0]
+        return _ungrouped(out, segments)
+    out = torch.empty_like(q)
+    for batch in segments.padded_batches(q.device):
+        _scatter(out, attention(_padded(q, batch), _padded(k, batch), _padded(v, batch), batch.valid), batch)
+    return out
 
 
 def segmented_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments) -> torch.Tensor:
     """Rows of segment ``b`` of ``q [N, H, D]`` attend to context ``k, v [B, T, H, D]`` item ``b``."""
-    q = _grouped(q, segments)
     if resolve_backend(q.device) == "xformers":
-        xops = _xformers_ops()
-        mask = xops.fmha.BlockDiagonalMask.from_seqlens(segments.lengths, [k.shape[1]] * k.shape[0])
-        out = xops.memory_efficient_attention(q[None], k.flatten(0, 1)[None], v.flatten(0, 1)[None],
-                                              attn_bias=mask)[0]
-    else:
-        out = torch.empty_like(q)
-        for _, rows, ids in segments.by_length(q.device):
-            out[rows] = attention(q[rows], k[ids], v[ids])
-    return _ungrouped(out, segments)
+        q = _grouped(q, segments)
+        mask = xformers_ops().fmha.BlockDiagonalMask.from_seqlens(segments.lengths, [k.shape[1]] * k.shape[0])
+        out = xformers_ops().memory_efficient_attention(q[None], k.flatten(0, 1)[None], v.flatten(0, 1)[None],
+                                                        attn_bias=mask)[0]
+        return _ungrouped(out, segments)
+    out = torch.empty_like(q)
+    for batch in segments.padded_batches(q.device):
+        # padded queries only: every context token is a real key
+        _scatter(out, attention(_padded(q, batch), k[batch.segment_ids], v[batch.segment_ids]), batch)
+    return out

@@ -7,11 +7,13 @@ import torch.nn as nn
 
 from .tensor import CoordinateCache, SparseTensor
 
-_CHILDREN = torch.tensor([[0, 0, 0], [0, 0, 1], [0, 1, 0], [0, 1, 1], [1, 0, 0], [1, 0, 1], [1, 1, 0], [1, 1, 1]])
-
 
 def _pool_map(x: SparseTensor, factor: int):
-    """Coarse coordinates (unique, sorted by (b, x, y, z)), the coarse row of every fine row, and counts."""
+    """Coarse coordinates (unique, sorted by (b, x, y, z)), the coarse row of every fine row, and counts.
+
+    How many coarse voxels there are depends on the data, so this waits for the device once per coordinate
+    set (it is cached); the forward passes themselves never do.
+    """
     coarse = x.coords.clone()
     coarse[:, 1:] = torch.div(coarse[:, 1:], factor, rounding_mode="floor")
     unique, inverse, counts = torch.unique(coarse, dim=0, return_inverse=True, return_counts=True)
@@ -53,8 +55,15 @@ class SparseUpsample(nn.Module):
         return SparseTensor(x.feats[inverse], fine_coords, x.batch_size, fine_cache)
 
 
+def _children(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The 8 child offsets ``[8, 3]`` in (dx, dy, dz) lexicographic order, made on the device (a copy from
+    the host would wait for the device)."""
+    a = torch.arange(8, device=device, dtype=dtype)
+    return torch.stack([a // 4, a // 2 % 2, a % 2], dim=1)
+
+
 def _subdivide_coords(x: SparseTensor):
-    children = _CHILDREN.to(device=x.device, dtype=x.coords.dtype)
+    children = _children(x.coords.device, x.coords.dtype)
     coords = x.coords.clone()
     coords[:, 1:] *= 2
     coords = (coords[:, None, :] + torch.cat([children.new_zeros(8, 1), children], 1)[None]).flatten(0, 1)

@@ -77,6 +77,19 @@ class SparseTensor:
     def to(self, device) -> "SparseTensor":
         return SparseTensor(self.feats.to(device), self.coords.to(device), self.batch_size)
 
+    def repeat_batch(self, copies: int) -> "SparseTensor":
+        """The batch repeated ``copies`` times (copy ``i`` of item ``b`` is item ``b + i B``). The repeated
+        coordinates and their cache are built once and kept in this tensor's cache."""
+
+        def build() -> tuple[torch.Tensor, CoordinateCache]:
+            coords = self.coords.repeat(copies, 1)
+            copy = torch.arange(copies, device=coords.device).repeat_interleave(self.coords.shape[0])
+            coords[:, 0] += (copy * self.batch_size).to(coords.dtype)
+            return coords, CoordinateCache()
+
+        coords, cache = self.cache.get_or_build(("repeat_batch", copies), build)
+        return SparseTensor(self.feats.repeat(copies, 1), coords, self.batch_size * copies, cache)
+
     def __getitem__(self, item: int) -> "SparseTensor":
         """Batch item ``item`` as a one-item tensor (batch index 0)."""
         rows = self.batch_slices()[item]
