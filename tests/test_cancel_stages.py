@@ -86,10 +86,13 @@ def grid_mesh(label: int, offset: float, n: int = 60) -> RenderMesh:
     return RenderMesh(vertices, faces, np.full((len(vertices), 3), 0.5), label)
 
 
-@pytest.mark.parametrize("piece", ["project_mesh", "draw_spans"])
+@pytest.mark.parametrize("piece", ["project_mesh", "cull_faces", "draw_spans"])
 def test_refine_render_stops_at_the_next_check(monkeypatch, piece):
     camera, _, _ = render_case(ORTHOGRAPHIC, 5, (640, 480))
     meshes = [grid_mesh(label, offset) for label, offset in ((1, -0.25), (2, 0.0), (3, 0.25))]
+    if piece == "cull_faces":  # one big mesh: its faces are culled in many chunks, with a check between them
+        meshes = meshes[:1]
+        monkeypatch.setattr(raster, "FACE_CHUNK", 64)
     tracker, cancel = tracker_with_event()
     spy = CancelAfter(getattr(raster, piece), 1, cancel)
     monkeypatch.setattr(raster, piece, spy)

@@ -33,6 +33,7 @@ from .voxels import check_matrix, no_check
 
 NEAR = 1e-4
 FRAGMENT_BUDGET = 1 << 19  # fragments evaluated at once (about 80 MB of temporaries)
+FACE_CHUNK = 1 << 15  # faces projected and culled between two cancellation checks
 FACE_BITS = 32
 SUBPIXEL = 256  # fixed-point steps per pixel
 GUARD_BAND = float(1 << 21)  # pixels; keeps every int64 edge-function term below 2^61
@@ -168,25 +169,10 @@ def project_mesh(mesh: RenderMesh, camera, origin: np.ndarray, scale: np.ndarray
             np.full(len(faces), int(mesh.label), dtype=np.int64))
 
 
-def project_meshes(meshes: list[RenderMesh], camera, origin: np.ndarray, scale: np.ndarray,
-                   check: Callable[[], None] = no_check) -> tuple[np.ndarray, ...]:
-    """All meshes' per-face data (see ``project_mesh``), concatenated; ``check()`` before each mesh."""
-    empty = (np.zeros((0, 3, 2)), np.zeros((0, 3)), np.zeros((0, 3, 3)), np.zeros(0, dtype=np.int64))
-    parts = []
-    for mesh in meshes:
-        if np.asarray(mesh.faces).size:
-            check()
-            parts.append(project_mesh(mesh, camera, origin, scale))
-    return tuple(np.concatenate([first, *(part[i] for part in parts)]) for i, first in enumerate(empty))
-
-
-def gather_faces(meshes: list[RenderMesh], camera, origin: np.ndarray, scale: np.ndarray, near: float,
-                 device: torch.device, check: Callable[[], None] = no_check) -> Faces:
-    """Project every mesh, snap to fixed point, drop faces behind the near plane, outside the guard band or
+def cull_faces(corners: torch.Tensor, depth: torch.Tensor, colors: torch.Tensor, labels: torch.Tensor,
+               near: float) -> Faces:
+    """Snap ``[F, 3, 2]`` corners to fixed point, drop faces behind the near plane, outside the guard band or
     degenerate on screen, and orient the rest counter-clockwise."""
-    corners, depth, colors, labels = (torch.from_numpy(a).to(device)
-                                      for a in project_meshes(meshes, camera, origin, scale, check))
-    check()
     keep = (lowest(depth) > near) & (highest(corners.abs().amax(dim=2)) < GUARD_BAND)
     corners, depth, colors, labels = corners[keep], depth[keep], colors[keep], labels[keep]
     fixed = torch.round(corners * SUBPIXEL).long()
@@ -195,6 +181,27 @@ def gather_faces(meshes: list[RenderMesh], camera, origin: np.ndarray, scale: np
     visible = area2 != 0
     lines = lines[visible] * torch.sign(area2[visible])[:, None, None]
     return Faces(fixed[visible], depth[visible], lines, owns_edges(lines), colors[visible], labels[visible])
+
+
+def gather_faces(meshes: list[RenderMesh], camera, origin: np.ndarray, scale: np.ndarray, near: float,
+                 device: torch.device, check: Callable[[], None] = no_check) -> Faces:
+    """Every mesh's faces, projected and culled (:func:`cull_faces`) in chunks of at most ``FACE_CHUNK`` faces,
+    with ``check()`` before each mesh and each chunk."""
+    parts = []
+    for mesh in meshes:
+        if not np.asarray(mesh.faces).size:
+            continue
+        check()
+        projected = project_mesh(mesh, camera, origin, scale)
+        for start in range(0, len(projected[0]), FACE_CHUNK):
+            check()
+            chunk = (torch.from_numpy(a[start:start + FACE_CHUNK]).to(device) for a in projected)
+            parts.append(cull_faces(*chunk, near))
+    if not parts:
+        empty = (torch.zeros(0, 3, 2, dtype=torch.float64), torch.zeros(0, 3, dtype=torch.float64),
+                 torch.zeros(0, 3, 3, dtype=torch.float64), torch.zeros(0, dtype=torch.int64))
+        return cull_faces(*(t.to(device) for t in empty), near)
+    return Faces(*(torch.cat([getattr(part, name) for part in parts]) for name in Faces.__dataclass_fields__))
 
 
 def face_rows(faces: Faces, height: int) -> tuple[torch.Tensor, torch.Tensor]:
