@@ -82,3 +82,15 @@ class UnavailableError(ISceneError):
     """The server cannot take the request now (model failed to load, queue full)."""
 
     code = "unavailable"
+
+
+class StorageError(ISceneError):
+    """The server cannot write in its data folder (read-only, no permission, an I/O error)."""
+
+    code = "storage_unwritable"
+
+
+class DiskFullError(StorageError):
+    """The disk holding the data folder is full."""
+
+    code = "disk_full"

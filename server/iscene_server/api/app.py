@@ -4,21 +4,27 @@ service's worker thread, so no request ever waits for a model."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
+import stat
 from contextlib import asynccontextmanager
+from pathlib import Path as FilePath
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Path, UploadFile
 from fastapi.responses import FileResponse
 
 from .. import __version__, segment
 from ..engine.preprocess import DEFAULT_MAX_PIXELS, load_scene, open_image
+from ..engine.preprocess.images import header_pixels
+from ..engine.refine.scene import plan_refine
 from ..engine.results import read_manifest
 from ..errors import InputError, NotFoundError
 from ..jobs.runner import SEGMENTS_JSON, refine_edit
 from ..jobs.service import SCENE_KINDS, JobService
 from ..segment.prompts import parse_prompts
 from . import errors
+from .decoding import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_DECODES, DecodeGate
 from .schemas import (
     ErrorResponse,
     GenerationParams,
@@ -38,14 +44,19 @@ FILE_NAME = re.compile(r"^(instance_\d{1,10}\.(glb|ply)|scene\.glb|scene\.json|s
                        r"segments\.json)$")
 MEDIA_TYPES = {".glb": "model/gltf-binary", ".ply": "application/octet-stream", ".json": "application/json",
                ".npz": "application/octet-stream", ".png": "image/png"}
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 503)}
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 503, 507)}
 JOB_ID = Path(..., description="a job id as returned by POST /v1/jobs")
 PARAMS_EXAMPLE = '{"seed": 7, "detail": "high"}'
 PROMPTS_EXAMPLE = '{"objects": [{"box": [40, 60, 200, 220]}, {"points": [[320, 140]]}]} or {"auto": true}'
 
 
 def create_app(service: JobService, *, token: str | None = None, max_upload_bytes: int = 64 * 2 ** 20,
-               max_pixels: int = DEFAULT_MAX_PIXELS) -> FastAPI:
+               max_pixels: int = DEFAULT_MAX_PIXELS, max_decodes: int = DEFAULT_MAX_DECODES,
+               decode_memory_mb: int = DEFAULT_DECODE_MEMORY_MB) -> FastAPI:
+    """The app; handlers are plain functions, so uploads are decoded in worker threads (never on the event loop),
+    at most ``max_decodes`` at once and within ``decode_memory_mb`` of decoded pixels (:class:`DecodeGate`)."""
+    gate = DecodeGate(max_decodes, decode_memory_mb * 2 ** 20)
+
     @asynccontextmanager
     async def lifespan(_: FastAPI):
         service.start()
@@ -74,7 +85,8 @@ def create_app(service: JobService, *, token: str | None = None, max_upload_byte
                    params: str = Form("{}", description="GenerationParams as JSON")):
         parsed = parse_json_field(params, GenerationParams, "params", PARAMS_EXAMPLE)
         inputs = {"image": image.file.read(), "labels": labels.file.read()}
-        scene = load_scene(inputs["image"], inputs["labels"], max_pixels=max_pixels)
+        with gate.admit(header_pixels(inputs["image"]) + header_pixels(inputs["labels"])):
+            scene = load_scene(inputs["image"], inputs["labels"], max_pixels=max_pixels)
         _check_labels(parsed.labels or [], scene.label_ids, "the label map")
         record = service.submit("generate", parsed.model_dump(), inputs)
         return {"job_id": record.id, "state": record.state}
@@ -101,7 +113,8 @@ def create_app(service: JobService, *, token: str | None = None, max_upload_byte
         segment.require()
         parsed = parse_json_field(prompts, SegmentPrompts, "prompts", PROMPTS_EXAMPLE)
         data = image.file.read()
-        size = open_image(data, what="image", max_pixels=max_pixels).size
+        with gate.admit(header_pixels(data)):
+            size = open_image(data, what="image", max_pixels=max_pixels).size
         parse_prompts(parsed.model_dump(), size)  # bad prompts fail now, not in the queue
         record = service.submit("segment", parsed.model_dump(), {"image": data})
         return {"job_id": record.id, "state": record.state}
@@ -116,11 +129,11 @@ def create_app(service: JobService, *, token: str | None = None, max_upload_byte
              response_class=FileResponse)
     def get_file(job_id: str = JOB_ID, name: str = Path(..., description="e.g. instance_3.glb, scene.glb")):
         service.require_finished(job_id)
-        path = service.store.folder(job_id) / name
-        if not FILE_NAME.match(name) or not path.is_file():
+        folder = service.store.folder(job_id)
+        if not FILE_NAME.match(name) or not is_served_file(folder, folder / name):
             raise NotFoundError(f"job {job_id} has no file {name!r}",
                                 "the scene manifest (GET /v1/jobs/{id}/scene) lists the files")
-        return FileResponse(path, media_type=MEDIA_TYPES[path.suffix], filename=name)
+        return FileResponse(folder / name, media_type=MEDIA_TYPES[(folder / name).suffix], filename=name)
 
     @api.post("/jobs/{job_id}/regenerate", status_code=202, response_model=JobCreated,
               summary="re-sample some instances with new seeds (a child job)")
@@ -143,12 +156,23 @@ def create_app(service: JobService, *, token: str | None = None, max_upload_byte
         scene, edit = refine_edit(service.store.folder(job_id), params)  # bad edits fail now, not in the queue
         if edit.strength > 0:
             scene.camera()
+        # an object moved out of the volume, or nothing to refine (all locked; strength 0 and nothing moved)
+        plan_refine(scene, edit, visible=None if edit.strength == 0 else set(scene.labels))
         record = service.submit("refine", params, service.store.input_bytes(job_id), parent=job_id)
         return {"job_id": record.id, "state": record.state, "parent": job_id}
 
     app.include_router(public)
     app.include_router(api)
     return app
+
+
+def is_served_file(folder: FilePath, path: FilePath) -> bool:
+    """Whether ``path`` may be sent: a regular file (not a link, even to a file) directly inside ``folder``."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return False
+    return stat.S_ISREG(mode) and path.resolve().parent == folder.resolve()
 
 
 def _check_labels(wanted: list[int], available: list[int], where: str) -> None:

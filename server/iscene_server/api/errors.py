@@ -18,14 +18,17 @@ from ..errors import (
     NotFoundError,
     NotInstalledError,
     StateError,
+    StorageError,
     TooLargeError,
     UnavailableError,
 )
+from .decoding import BusyError
 
 log = logging.getLogger("iscene.api")
 
 STATUS = {InputError: 400, AuthError: 401, NotFoundError: 404, StateError: 409, Cancelled: 409,
-          TooLargeError: 413, NotInstalledError: 501, UnavailableError: 503, ModelPackageError: 503}
+          TooLargeError: 413, NotInstalledError: 501, UnavailableError: 503, ModelPackageError: 503,
+          StorageError: 507}
 
 
 def error_response(status: int, code: str, message: str, hint: str, headers: dict | None = None) -> JSONResponse:
@@ -52,6 +55,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ISceneError)
     async def scene_error(request: Request, exc: ISceneError):
         headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, AuthError) else None
+        if isinstance(exc, BusyError):
+            headers = {"Retry-After": str(exc.retry_after)}
         return error_response(status_of(exc), exc.code, exc.message, exc.hint, headers)
 
     @app.exception_handler(RequestValidationError)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from functools import partial
 from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -20,11 +22,41 @@ class StrictModel(BaseModel):
 Body = TypeVar("Body", bound=BaseModel)
 
 
+MAX_FIELD_CHARS = 1_000_000  # a form JSON field; the largest valid prompts (255 objects x 128 points) fit
+MAX_JSON_DEPTH = 16  # nesting levels of [ and {; the schemas need 4
+MAX_INT_DIGITS = 20
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def check_json_limits(text: str, name: str) -> None:
+    """Refuse a JSON form field over the size or nesting limits before parsing it (a parser would recurse
+    once per level)."""
+    if len(text) > MAX_FIELD_CHARS:
+        raise InputError(f"{name} is {len(text):,} characters long, over the limit of {MAX_FIELD_CHARS:,}",
+                         f"send {name} as a small JSON object; see /docs for its fields")
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+        if deepest > MAX_JSON_DEPTH:
+            raise InputError(f"{name} is nested more than {MAX_JSON_DEPTH} levels deep",
+                             f"send {name} as a flat JSON object; see /docs for its fields")
+
+
+def _bounded_int(digits: str, name: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise InputError(f"{name} holds a {len(digits.lstrip('-')):,}-digit number, over the limit of "
+                         f"{MAX_INT_DIGITS} digits", "every number in the API fits in a few digits")
+    return int(digits)
+
+
 def parse_json_field(text: str, model: type[Body], name: str, example: str) -> Body:
     """A JSON form field (``params``, ``prompts``) as ``model``; every problem is an :class:`InputError`
     naming the field, with ``example`` (a JSON object) in the hint."""
+    check_json_limits(text or "", name)
     try:
-        data = json.loads(text or "{}")
+        data = json.loads(text or "{}", parse_int=partial(_bounded_int, name=name))
     except json.JSONDecodeError as exc:
         raise InputError(f"{name} is not valid JSON ({exc.msg} at position {exc.pos})",
                          f"send {name} as a JSON object, e.g. {example}") from None
@@ -67,22 +99,34 @@ class RegenerateBody(StrictModel):
         return seeds
 
 
+class FiniteModel(StrictModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
 Matrix = list[list[float]]
+MAX_TRANSLATION = 10.0  # scene units; the scene volume is the cube [-0.5, 0.5]^3
 
 
-class RefineBody(StrictModel):
-    transforms: dict[Label, Matrix] = Field(default_factory=dict,
-                                            description="4x4 matrix per label in the scene frame (column vectors)")
+class RefineBody(FiniteModel):
+    transforms: dict[Label, Matrix] = Field(default_factory=dict, max_length=100,
+                                            description="4x4 matrix per label in the scene frame (column vectors); "
+                                                        f"finite, translations within ±{MAX_TRANSLATION:g}")
     locked: list[Label] = Field(default_factory=list, max_length=100, description="instances kept exactly")
     strength: float = Field(0.5, ge=0, le=1, description="0 keeps the moved shapes, 1 re-generates from noise")
     seed: int | None = Field(None, ge=0, le=2 ** 31 - 1, description="noise seed (default: random)")
 
+    @field_validator("transforms")
+    @classmethod
+    def _bounded_translation(cls, transforms):
+        for label, matrix in transforms.items():
+            translation = [row[3] for row in matrix[:3] if len(row) == 4]  # other shapes: refused by the engine
+            if any(abs(t) > MAX_TRANSLATION for t in translation):
+                raise ValueError(f"the translation of instance {label} ({translation}) is beyond ±{MAX_TRANSLATION:g} "
+                                 "scene units: the scene volume is the cube [-0.5, 0.5]^3")
+        return transforms
+
 
 Point = tuple[float, float]
-
-
-class FiniteModel(StrictModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class SegmentObject(FiniteModel):
@@ -177,6 +221,13 @@ class JobList(BaseModel):
     jobs: list[JobStatus]
 
 
+class StorageHealth(BaseModel):
+    """Whether the job store can write (a full or read-only disk), and why not."""
+
+    writable: bool
+    error: ErrorBody | None = None
+
+
 class Health(BaseModel):
     service: Literal["iscene"]
     api: str
@@ -192,3 +243,4 @@ class Health(BaseModel):
     running: str | None
     vram: dict | None
     segment: SegmentHealth | None = None
+    storage: StorageHealth | None = None

@@ -2,18 +2,44 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import secrets
+import socket
 
 from fastapi import Request
 
 from ..errors import AuthError
 
-LOOPBACK = ("127.0.0.1", "::1", "localhost")
+
+def _address_is_loopback(text: str) -> bool | None:
+    """Whether ``text`` is a loopback IP address (an IPv4-mapped IPv6 one counts by its IPv4 part); None when
+    it is not an IP address at all."""
+    try:
+        address = ipaddress.ip_address(text.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
 
 
 def is_loopback(host: str) -> bool:
-    return host in LOOPBACK or host.startswith("127.")
+    """Whether listening on ``host`` only accepts connections from this machine.
+
+    An IP address is parsed; a name counts only if it resolves, and only to loopback addresses (so a name
+    such as ``127.example.com`` pointing anywhere else, or not resolving at all, is not loopback).
+    """
+    literal = _address_is_loopback(host)
+    if literal is not None:
+        return literal
+    if not host:
+        return False
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except (OSError, UnicodeError):
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(_address_is_loopback(a) for a in addresses)
 
 
 def token_checker(token: str | None):

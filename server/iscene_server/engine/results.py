@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import InputError
 from ..geometry.export import instance_name, write_gaussian_ply, write_instance_glb, write_scene_glb
 from ..geometry.postprocess import bounds_and_origin
+from .atomic import write_atomic
 from .pipeline import InstanceResult, SceneResult, Stage1Result
 from .stage1 import GRID, InstanceStructure
 
@@ -95,16 +96,11 @@ class SceneWriter:
         for inst in instances:
             arrays[f"coords_{inst.label}"] = inst.coords
             arrays[f"latent_{inst.label}"] = inst.latent.numpy()
-        partial = self.folder / (STRUCTURE_NPZ + ".partial")
-        with open(partial, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        partial.replace(previous)
+        write_atomic(previous, lambda file: np.savez_compressed(file, **arrays))
 
     def _write_manifest(self, manifest: dict) -> dict:
         self._before_file()
-        partial = self.folder / (SCENE_JSON + ".partial")
-        partial.write_text(json.dumps(manifest, indent=2))
-        partial.replace(self.folder / SCENE_JSON)
+        write_atomic(self.folder / SCENE_JSON, json.dumps(manifest, indent=2).encode())
         return manifest
 
     def _manifest(self, slots, scene_seed: int, entries: list[dict], settings: dict, timings: dict,

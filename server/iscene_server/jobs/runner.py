@@ -24,9 +24,66 @@ from ..engine.preprocess import decode_label_map, load_scene, open_image
 from ..engine.progress import ProgressTracker
 from ..engine.refine.scene import ParentScene, Refiner, check_edit
 from ..engine.results import SceneWriter, file_digest, read_manifest
+from ..errors import InputError
 
 DETAIL_FACES = {"low": 15_000, "medium": 50_000, "high": 200_000}
 LABELS_PNG, SEGMENTS_JSON = "labels.png", "segments.json"
+
+
+CHOICES = {"detail": tuple(DETAIL_FACES), "mesh_grid": ("iscene", "trellis")}
+FORMATS = ("mesh", "gaussian")
+NUMBERS = ("seed", "steps", "cfg", "slat_steps", "slat_cfg", "target_faces", "min_floater")
+PARENT_KINDS = {"regenerate": ("labels", "seeds", "parent_params"),
+                "refine": ("transforms", "locked", "strength", "seed", "parent_params")}
+
+
+def damaged_params(problem: str) -> InputError:
+    return InputError(f"this job's stored parameters are damaged: {problem}",
+                      "submit the job again (its record was edited or written by another version)")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_scene_params(params) -> None:
+    """The scene parameters a job stored (what :func:`request_from_params` reads), else :class:`InputError`."""
+    if not isinstance(params, dict):
+        raise damaged_params("they are not a JSON object")
+    for name, allowed in CHOICES.items():
+        if name in params and params[name] not in allowed:
+            raise damaged_params(f"{name} {params[name]!r} is not one of {', '.join(allowed)}")
+    formats = params.get("formats", ["mesh"])
+    if not isinstance(formats, list) or not formats or any(f not in FORMATS for f in formats):
+        raise damaged_params(f"formats {formats!r} is not a list of {', '.join(FORMATS)}")
+    for name in NUMBERS:
+        if params.get(name) is not None and not _is_number(params[name]):
+            raise damaged_params(f"{name} {params[name]!r} is not a number")
+    labels = params.get("labels")
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, int) for x in labels)):
+        raise damaged_params(f"labels {labels!r} is not a list of label ids")
+
+
+def check_stored_params(kind: str, params) -> None:
+    """What a job stored is what its kind reads (the API checked it at submit; a record edited since, or a
+    re-queued job of another version, may not be), else :class:`InputError`."""
+    if kind in PARENT_KINDS:
+        if not isinstance(params, dict):
+            raise damaged_params("they are not a JSON object")
+        missing = [name for name in PARENT_KINDS[kind] if name not in params]
+        if missing:
+            raise damaged_params(f"{', '.join(missing)} missing")
+        check_scene_params(params["parent_params"])
+        if kind == "regenerate":
+            check_scene_params({"labels": params["labels"]})
+            if params["seeds"] is not None and not isinstance(params["seeds"], dict):
+                raise damaged_params("seeds is not an object")
+        elif not isinstance(params["transforms"], dict) or not _is_number(params["strength"]):
+            raise damaged_params("transforms or strength have the wrong type")
+    elif kind == "generate":
+        check_scene_params(params)
+    elif not isinstance(params, dict):
+        raise damaged_params("they are not a JSON object")
 
 
 def request_from_params(params: dict, **overrides) -> GenerationRequest:

@@ -14,15 +14,17 @@ from pathlib import Path
 import torch
 
 from .. import __version__, segment
+from ..engine.atomic import storage_error
 from ..engine.eta import COSTS_FILE, StageCosts, device_key
 from ..engine.packages.layouts import PACKAGE_ROLES
 from ..engine.packages.loader import resolve_device
 from ..engine.pipeline import ScenePipeline
 from ..engine.progress import ProgressTracker, ProgressUpdate
 from ..engine.results import read_manifest
-from ..errors import Cancelled, ISceneError, StateError, UnavailableError
+from ..errors import Cancelled, ISceneError, StateError, StorageError, UnavailableError
 from ..segment.model import SamSegmenter, default_segment_model
 from .runner import (
+    check_stored_params,
     default_steps,
     job_units,
     run_generate,
@@ -85,6 +87,9 @@ class JobService:
     def start(self) -> None:
         for record in self.store.recover():
             self._enqueue(record)
+        problem = self.store.check_writable(force=True)
+        if problem is not None:  # finished jobs stay readable; new jobs are refused until it is fixed
+            log.error("%s: %s (finished jobs can still be read; new jobs are refused)", problem.message, problem.hint)
         self._prune()
         for target, name in ((self._load_model, "iscene-model-loader"), (self._work, "iscene-worker")):
             thread = threading.Thread(target=target, name=name, daemon=True)
@@ -133,6 +138,10 @@ class JobService:
                 "queue_length": len(self._queue), "running": self._running,
                 "segment": {"available": segment.available(), "model": self.segment_model,
                             "loaded": self._segmenter is not None and self._segmenter.loaded}}
+        problem = self.store.check_writable()
+        info["storage"] = {"writable": problem is None, "error": problem.to_dict() if problem else None}
+        if problem is not None:  # jobs cannot be recorded: that is the server's state, whatever the model's
+            info.update(state="error", message=problem.message, error=problem.to_dict())
         if torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info()
             info["vram"] = {"free_mb": free // 2 ** 20, "total_mb": total // 2 ** 20,
@@ -247,7 +256,7 @@ class JobService:
             if job_id in self._queue:  # never started: cancelled at once
                 self._queue.remove(job_id)
                 self._units.pop(job_id, None)
-                self.store.update(job_id, state=CANCELLED, finished=time.time())
+                self._conclude(job_id, CANCELLED)
             self._cancel.setdefault(job_id, threading.Event()).set()
         return self.status(job_id)
 
@@ -265,6 +274,7 @@ class JobService:
 
     # --- the worker -----------------------------------------------------------------------------------
     def _work(self) -> None:
+        """The worker loop. It is supervised: nothing a job does (or fails to write) ends it."""
         while not self._stopping:
             with self._wake:
                 while not self._queue and not self._stopping:
@@ -272,17 +282,49 @@ class JobService:
                 if self._stopping:
                     return
                 job_id = self._queue.popleft()
-            if self.store.get(job_id).kind in SCENE_KINDS:
-                self._model_ready.wait()
-            if not self._stopping:
-                self._run(job_id)
+            try:
+                if self.store.get(job_id).kind in SCENE_KINDS:
+                    self._model_ready.wait()
+                if not self._stopping:
+                    self._run(job_id)
+            except Exception:  # a bug outside the job's own try: log it, fail the job, keep serving the queue
+                log.exception("the worker caught an error around job %s", job_id)
+                self._fail_unfinished(job_id)
+
+    def _fail_unfinished(self, job_id: str) -> None:
+        try:
+            record = self.store.get(job_id)
+        except ISceneError:
+            return  # deleted meanwhile
+        if not record.done:
+            self._conclude(job_id, FAILED, {"code": "internal_error", "message": "the worker failed on this job",
+                                            "hint": "this is a bug; the server log has the details"})
+
+    def _conclude(self, job_id: str, state: str, error: dict | None = None) -> None:
+        """Put the job in its final ``state``. When the disk cannot take the record it still holds in memory
+        and is saved by the next write that succeeds; meanwhile the health says why (``store.problem``)."""
+        if state != SUCCEEDED:
+            self._remove_partial_files(job_id)  # before the job is seen as final
+        changes = {"state": state, "finished": time.time()}
+        if error is not None:
+            changes["error"] = error
+        try:
+            self.store.update(job_id, **changes)
+        except StorageError:
+            pass  # logged by the store; the record is saved once the disk takes writes again
 
     def _run(self, job_id: str) -> None:
         cancel = self._cancel.setdefault(job_id, threading.Event())
         if cancel.is_set():
-            self.store.update(job_id, state=CANCELLED, finished=time.time())
+            self._conclude(job_id, CANCELLED)
             return
-        record = self.store.update(job_id, state=RUNNING, started=time.time())
+        try:
+            record = self.store.update(job_id, state=RUNNING, started=time.time())
+        except StorageError as exc:  # a job that cannot be recorded as running is not run
+            self._cancel.pop(job_id, None)
+            self._units.pop(job_id, None)
+            self._conclude(job_id, FAILED, exc.to_dict())
+            return
         self._running = job_id
         self._units[job_id] = units = self._job_units(record)  # the model's own default steps are known now
         key = self._cost_key(record.kind)
@@ -294,16 +336,21 @@ class JobService:
                 raise UnavailableError(f"the model could not be loaded: {self.model.message}",
                                        "restart the server with a working --model")
             self._execute(record, tracker)
-            self.store.update(job_id, state=SUCCEEDED, finished=time.time())
+            self._conclude(job_id, SUCCEEDED)
         except Cancelled:
-            self.store.update(job_id, state=CANCELLED, finished=time.time())
+            self._conclude(job_id, CANCELLED)
         except ISceneError as exc:
-            self.store.update(job_id, state=FAILED, finished=time.time(), error=exc.to_dict())
+            self._conclude(job_id, FAILED, exc.to_dict())
         except Exception as exc:
-            self.store.update(job_id, state=FAILED, finished=time.time(), error=self._unexpected(exc))
+            self._conclude(job_id, FAILED, self._unexpected(exc))
         finally:
+            self._after_job(job_id, key, record.kind, units, tracker)
+
+    def _after_job(self, job_id: str, key: str | None, kind: str, units: dict, tracker: ProgressTracker) -> None:
+        try:
             if key is not None:  # every stage that ran to its end, whatever became of the job
-                self.costs.learn(key, record.kind, units, tracker.stage_seconds())
+                self.costs.learn(key, kind, units, tracker.stage_seconds())
+        finally:
             self._running = None
             self._live.pop(job_id, None)
             self._units.pop(job_id, None)
@@ -313,7 +360,16 @@ class JobService:
                 torch.cuda.empty_cache()  # give the memory of a failed or cancelled job back
             self._prune()
 
+    def _remove_partial_files(self, job_id: str) -> None:
+        """A stopped write's ``*.partial`` files are no results: remove them (best effort)."""
+        try:
+            for path in self.store.folder(job_id).glob("*.partial"):
+                path.unlink(missing_ok=True)
+        except (OSError, ISceneError):
+            pass  # a read-only disk keeps them; the job is failed either way
+
     def _execute(self, record: JobRecord, tracker: ProgressTracker) -> None:
+        check_stored_params(record.kind, record.params)
         folder = self.store.folder(record.id)
         inputs = self.store.input_bytes(record.id)
         pipeline = self.model.pipeline
@@ -335,8 +391,10 @@ class JobService:
             self._segmenter = SamSegmenter(self.segment_model, self.settings.device, self.settings.dtype)
         return self._segmenter
 
-    @staticmethod
-    def _unexpected(exc: Exception) -> dict:
+    def _unexpected(self, exc: Exception) -> dict:
+        problem = storage_error(exc, self.store.setting) if isinstance(exc, OSError) else None
+        if problem is not None:  # a result file the disk could not take
+            return problem.to_dict()
         if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
             return {"code": "out_of_memory", "message": "the GPU ran out of memory",
                     "hint": "generate fewer objects at once (select a subset of labels), lower the detail, "
@@ -349,5 +407,8 @@ class JobService:
         s = self.settings
         max_age = s.max_age_days * 86400 if s.max_age_days else None
         max_bytes = int(s.max_store_gb * 2 ** 30) if s.max_store_gb else None
-        for job_id in self.store.prune(max_age, max_bytes):
-            log.info("pruned job %s", job_id)
+        try:
+            for job_id in self.store.prune(max_age, max_bytes):
+                log.info("pruned job %s", job_id)
+        except OSError as exc:  # pruning is housekeeping: it must never stop the worker or the start
+            log.warning("pruning failed: %s", exc.strerror or exc)

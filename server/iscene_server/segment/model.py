@@ -9,6 +9,7 @@ model's 256² grid until :meth:`SamSegmenter.upscale` is asked for the image-siz
 from __future__ import annotations
 
 import math
+import pickle
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from safetensors import SafetensorError
 
 from ..engine.packages.loader import resolve_device, resolve_dtype
 from ..engine.packages.source import REPO_ID
@@ -26,6 +28,9 @@ from .prompts import ObjectPrompt
 
 PACKAGE_FOLDER = "sam"  # a model package may carry its own SAM here (the tiny package does)
 DECODE_BATCH = 64  # prompts per mask-decoder call
+# What a damaged, truncated or hostile checkpoint raises in transformers (a pickle refused by torch.load's
+# weights_only unpickler, a safetensors header that is not JSON, a config that does not fit the weights).
+LOAD_ERRORS = (OSError, ValueError, KeyError, TypeError, RuntimeError, pickle.UnpicklingError, SafetensorError)
 MODEL_FILES = ["*.json", "*.safetensors"]  # what a hub download fetches (not the TF / pickle variants)
 MODEL_HINT = (f"pass --segment-model a Hugging Face SAM repo id (e.g. {DEFAULT_SEGMENT_MODEL}) or a folder saved "
               "with transformers' save_pretrained (config.json, model.safetensors, preprocessor config)")
@@ -47,7 +52,11 @@ def resolve_model_folder(spec: str) -> Path:
         raise ModelPackageError(f"segmentation model {spec!r} is neither a folder nor a Hugging Face repo id",
                                 MODEL_HINT)
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     try:
         return Path(snapshot_download(spec, allow_patterns=MODEL_FILES))
@@ -101,9 +110,11 @@ class SamSegmenter:
             try:
                 processor = SamProcessor.from_pretrained(folder)
                 model = SamModel.from_pretrained(folder)
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ModelPackageError(f"segmentation model {self.spec} could not be loaded as SAM "
-                                        f"({type(exc).__name__}: {str(exc)[:300]})", MODEL_HINT) from None
+            except LOAD_ERRORS as exc:
+                shown = folder.name if Path(self.spec).exists() else self.spec  # no server paths in messages
+                detail = str(exc).replace(str(folder), shown)[:300]
+                raise ModelPackageError(f"segmentation model {shown} could not be loaded as SAM "
+                                        f"({type(exc).__name__}: {detail})", MODEL_HINT) from None
             self._processor = processor
             self._model = model.to(self.device, self.dtype).eval().requires_grad_(False)
 

@@ -5,24 +5,34 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Mapping
 
 import torch
-import torch.nn as nn
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ...errors import ModelPackageError
 
 _MAX_LISTED = 5
 
 
+def display_name(path: Path) -> str:
+    """A checkpoint as messages name it: its folder and file name, never the server's full path (messages are
+    served by the API)."""
+    return f"{path.parent.name}/{path.name}"
+
+
+def _scrub(exc: Exception, path: Path) -> str:
+    return str(exc).replace(str(path), display_name(path))[:300]
+
+
 def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except Exception as exc:  # safetensors raises several error types for damaged files
-        raise ModelPackageError(f"cannot read weights file {path}: {exc}",
+        raise ModelPackageError(f"cannot read weights file {display_name(path)}: {_scrub(exc, path)}",
                                 "the file is damaged or incomplete: delete it and download it again") from None
 
 
@@ -31,10 +41,10 @@ def read_torch_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as exc:
-        raise ModelPackageError(f"cannot read checkpoint {path}: {exc}",
+        raise ModelPackageError(f"cannot read checkpoint {display_name(path)}: {_scrub(exc, path)}",
                                 "the file is damaged, or is not a plain PyTorch state dict") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelPackageError(f"checkpoint {path} is not a state dict (a mapping of names to tensors)",
+        raise ModelPackageError(f"checkpoint {display_name(path)} is not a state dict (a mapping of names to tensors)",
                                 "use the checkpoint file the model package ships")
     return dict(state)
 
@@ -77,7 +87,7 @@ def safetensors_for(pt_path: Path) -> Path:
     for target in (beside, fallback):
         if _write_atomically(state, target, metadata):
             return target
-    raise ModelPackageError(f"cannot write a safetensors copy of {pt_path}",
+    raise ModelPackageError(f"cannot write a safetensors copy of {display_name(pt_path)}",
                             f"make {beside.parent} or {fallback.parent} writable")
 
 

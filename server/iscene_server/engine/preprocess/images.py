@@ -92,6 +92,16 @@ def _open_lazily(data: bytes, what: str, name: str) -> Image.Image:
         ) from exc
 
 
+def header_pixels(data: bytes) -> int:
+    """The pixel count an encoded image declares in its header (0 when it has no readable header: decoding it
+    fails later with the full explanation). Only the header is read."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.width * img.height
+    except (Image.DecompressionBombError, *_DECODE_ERRORS):
+        return 0
+
+
 def open_image(source: ImageSource, *, what: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open and fully decode an image given as a path or as encoded bytes.
 
@@ -132,6 +142,27 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+MAX_ID = 2 ** 32 - 1
+
+
+def integer_ids(values: np.ndarray) -> np.ndarray:
+    """``values`` (one channel, any numeric dtype) as ``uint32`` ids, or an :class:`InputError` naming the fix
+    when they are not all whole numbers in ``[0, 2^32)``."""
+    hint = "save the label map with whole-number ids >= 0 (8- or 16-bit PNG, or a palette PNG), not as float data"
+    if values.dtype.kind == "f":
+        if not np.isfinite(values).all():
+            raise InputError("the label map holds NaN or infinite values", hint)
+        if (values != np.floor(values)).any():
+            raise InputError("the label map holds fractional values; ids must be whole numbers", hint)
+    elif values.dtype.kind not in "iub":
+        raise InputError(f"the label map's pixels are {values.dtype} values, not ids", hint)
+    if values.size and values.min() < 0:
+        raise InputError(f"the label map holds negative values (down to {values.min():g}); ids must be >= 0", hint)
+    if values.size and values.max() > MAX_ID:
+        raise InputError(f"the label map holds values over {MAX_ID}", hint)
+    return values.astype(np.uint32)
+
+
 def decode_label_map(img: Image.Image) -> np.ndarray:
     """Instance ids ``uint32 [H, W]`` from a label-map image (0 = background).
 
@@ -139,12 +170,15 @@ def decode_label_map(img: Image.Image) -> np.ndarray:
     * multi-channel images (only the first three channels count): grey (R = G = B everywhere) → R,
       otherwise the colour is the id: ``R + G·256 + B·65536``.
 
+    Single-channel values must be whole numbers in ``[0, 2^32)``: floats with a fraction, NaN and negative
+    values are refused (:func:`integer_ids`) instead of being wrapped or truncated into other ids.
+
     The reference picks between ``R + G·256`` and ``R + G·256 + B·65536``; the two are equal whenever it
     would pick the first (blue all zero), so the packed form is returned directly.
     """
     arr = np.array(img)
     if arr.ndim == 2:
-        return arr.astype(np.uint32)
+        return integer_ids(arr)
     if arr.ndim != 3:
         return np.zeros(arr.shape[:2], dtype=np.uint32)
     channels = arr[..., :3].astype(np.uint32)

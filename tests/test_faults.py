@@ -1,0 +1,143 @@
+"""Fault injection on a real job service with the tiny model: a full or read-only disk at each write of the
+store and the results writer, damaged stored params, and kill -9 mid-job with a restart. After each: no lost
+finished job, no stuck queue, and a server that works once the fault is gone."""
+
+from __future__ import annotations
+
+import errno
+import json
+import random
+import time
+
+import pytest
+from conftest import FAST
+from faults import FaultyDisk
+from iscene_server.jobs.service import JobService, ServiceSettings
+from server_process import ServerProcess
+
+FINAL = ("succeeded", "failed", "cancelled")
+
+
+@pytest.fixture
+def service(tiny_package, tmp_path):
+    settings = ServiceSettings(model=str(tiny_package), data_dir=tmp_path / "data", device="cpu",
+                               max_age_days=None, max_store_gb=None)
+    svc = JobService(settings)
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+def wait(svc: JobService, job_id: str, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = svc.status(job_id)
+        if status["state"] in FINAL:
+            return status
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} stuck in {svc.status(job_id)['state']}")
+
+
+def on_disk(svc: JobService, job_id: str) -> dict:
+    return json.loads((svc.store.root / job_id / "job.json").read_text())
+
+
+def healthy_again(svc: JobService, scene) -> None:
+    svc.store.check_writable(force=True)
+    health = svc.health()
+    assert health["storage"] == {"writable": True, "error": None} and health["state"] != "error"
+    job = svc.submit("generate", dict(FAST), {"image": scene[0], "labels": scene[1]})
+    assert wait(svc, job.id)["state"] == "succeeded"
+
+
+@pytest.fixture
+def writes_of_a_job(service, small_scene, tmp_path, monkeypatch) -> int:
+    """How many writes one generate job makes (the record updates and every result file)."""
+    disk = FaultyDisk(monkeypatch, tmp_path / "data")
+    job = service.submit("generate", dict(FAST), {"image": small_scene[0], "labels": small_scene[1]})
+    assert wait(service, job.id)["state"] == "succeeded"
+    return disk.writes
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["ENOSPC", "EROFS"])
+def test_a_disk_that_stops_taking_writes_mid_job(service, small_scene, tmp_path, monkeypatch, writes_of_a_job,
+                                                 code):
+    before = [r.id for r in service.store.list()]
+    disk = FaultyDisk(monkeypatch, tmp_path / "data")
+    expected = "disk_full" if code == errno.ENOSPC else "storage_unwritable"
+    submit_writes = 3  # the image, the label map, the queued record
+    job_writes = range(submit_writes + 1, writes_of_a_job + 1)
+    # the running record, stage-1 structure, the first mesh, then the last three (scene.glb, scene.json, the
+    # succeeded record); a full disk also at one write in between, picked at random (seeded)
+    picks = sorted({*job_writes[:3], *job_writes[-3:], random.Random(code).choice(job_writes)}) \
+        if code == errno.ENOSPC else [job_writes[0], job_writes[-2], job_writes[-1]]
+    for at in picks:  # each fails once
+        disk.full(code, at=at)
+        retry = service.submit("generate", dict(FAST), {"image": small_scene[0], "labels": small_scene[1]})
+        status = wait(service, retry.id)
+        if status["state"] == "failed":
+            assert status["error"]["code"] == expected and str(tmp_path) not in json.dumps(status["error"])
+            assert not list((service.store.root / retry.id).glob("*.partial"))
+        disk.heal()
+        service.store.check_writable(force=True)
+        assert on_disk(service, retry.id)["state"] == status["state"]  # saved once the disk took writes again
+    assert all(service.status(job_id)["state"] == "succeeded" for job_id in before)  # nothing finished lost
+    healthy_again(service, small_scene)
+
+
+def test_the_whole_disk_full_then_space_returns(service, small_scene, tmp_path, monkeypatch):
+    disk = FaultyDisk(monkeypatch, tmp_path / "data")
+    job = service.submit("generate", dict(FAST), {"image": small_scene[0], "labels": small_scene[1]})
+    disk.full()
+    status = wait(service, job.id)
+    assert status["state"] == "failed" and status["error"]["code"] == "disk_full"
+    health = service.health()
+    assert health["state"] == "error" and health["storage"]["error"]["code"] == "disk_full"
+    assert "free disk space in --data-dir" in health["error"]["hint"]
+    with pytest.raises(Exception) as refused:
+        service.submit("generate", dict(FAST), {"image": small_scene[0], "labels": small_scene[1]})
+    assert getattr(refused.value, "code", None) == "disk_full"
+    assert len(list(service.store.root.iterdir())) == 1  # the refused submit left no folder
+    assert on_disk(service, job.id)["state"] in ("queued", "running")  # the last record the disk took
+    disk.heal()
+    healthy_again(service, small_scene)
+    assert on_disk(service, job.id)["state"] == "failed"
+    assert service._threads[1].is_alive()
+
+
+def test_a_requeued_job_with_damaged_params_fails_clearly(tiny_package, tmp_path, small_scene):
+    settings = ServiceSettings(model=str(tiny_package), data_dir=tmp_path / "data", device="cpu")
+    first = JobService(settings)
+    job = first.store.create("generate", {**FAST, "detail": "ultra"}, {"image": small_scene[0],
+                                                                        "labels": small_scene[1]})
+    second = JobService(settings)  # a restart: the job is queued again from its record
+    second.start()
+    try:
+        status = wait(second, job.id)
+        assert status["state"] == "failed" and status["error"]["code"] == "bad_input"
+        assert "detail 'ultra'" in status["error"]["message"] and status["error"]["hint"]
+        healthy_again(second, small_scene)
+    finally:
+        second.stop()
+
+
+def test_kill_9_mid_job_then_restart(tiny_package, tmp_path, small_scene):
+    data = tmp_path / "data"
+    server = ServerProcess(tiny_package, data).start()
+    rng = random.Random(12)
+    try:
+        status, done = server.submit(*small_scene, FAST)
+        assert server.wait(done["job_id"])["state"] == "succeeded"
+        for _ in range(2):
+            _, victim = server.submit(*small_scene, {**FAST, "steps": 6})
+            _, queued = server.submit(*small_scene, FAST)
+            time.sleep(rng.uniform(0.0, 1.5))
+            server.kill()
+            server = ServerProcess(tiny_package, data, port=server.port).start()
+            assert server.get(f"/v1/jobs/{done['job_id']}")["state"] == "succeeded"  # no finished job lost
+            assert server.wait(victim["job_id"])["state"] in FINAL  # restarted jobs end; none stays running
+            assert server.wait(queued["job_id"])["state"] == "succeeded"  # the queue runs on
+        code, _, _ = server.request("GET", f"/v1/jobs/{done['job_id']}/files/scene.glb")
+        assert code == 200
+    finally:
+        server.stop()
