@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .api.decoding import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_DECODES
 from .errors import ISceneError
 from .segment import DEFAULT_SEGMENT_MODEL
 
@@ -63,6 +64,10 @@ def _add_runtime_options(p: argparse.ArgumentParser, attention: bool = True) -> 
                        help="run the transformer blocks eagerly (default: torch.compile on CUDA)")
 
 
+def _add_revision_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--revision", help="branch, tag or commit of the --model repo (default: its main branch)")
+
+
 def _compile_option(args: argparse.Namespace) -> str | bool:
     return False if args.no_compile else "auto"
 
@@ -79,10 +84,20 @@ def _instance_seeds(pairs: list[str]) -> dict[int, int]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .engine.pipeline import GENERATE_PLAN, STAGE1_PLAN, GenerationRequest, ScenePipeline
+    from .engine.pipeline import (
+        GENERATE_PLAN,
+        STAGE1_PLAN,
+        GenerationRequest,
+        ScenePipeline,
+    )
     from .engine.preprocess import load_scene
     from .engine.progress import ProgressTracker
-    from .engine.results import SceneWriter, check_same_inputs, file_digest, read_manifest
+    from .engine.results import (
+        SceneWriter,
+        check_same_inputs,
+        file_digest,
+        read_manifest,
+    )
 
     image, labels = (_read_input(path, what) for path, what in ((args.image, "image"), (args.labels, "label map")))
     scene = load_scene(image, labels, max_pixels=args.max_pixels)
@@ -143,6 +158,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api.app import create_app
+    from .api.protocol import JsonErrorH11Protocol
     from .api.security import is_loopback
     from .jobs.service import JobService, ServiceSettings
 
@@ -158,10 +174,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                segment_model=args.segment_model, compile=_compile_option(args))
     service = JobService(settings)
     app = create_app(service, token=token, max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
-                     max_pixels=args.max_pixels)
+                     max_pixels=args.max_pixels, max_decodes=args.max_decodes,
+                     decode_memory_mb=args.decode_memory_mb)
     print(f"I-Scene server: http://{args.host}:{args.port}/v1/health  (API docs: /docs; jobs in {args.data_dir})",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", http=JsonErrorH11Protocol)
     return 0
 
 
@@ -235,6 +252,9 @@ def cmd_download(args: argparse.Namespace) -> int:
     for role in PACKAGE_ROLES:
         spec = package.network(role)
         print(f"{role}: {spec.weights_path()}")
+    if args.segment:
+        from .segment.model import resolve_model_folder
+        print(f"segmentation model: {resolve_model_folder(args.segment_model)}")
     return 0
 
 
@@ -268,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mesh-grid", default="iscene", choices=["iscene", "trellis"],
                      help="FlexiCubes grid: iscene = the release's (res x5), trellis = res x4")
     gen.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (pixels)")
+    _add_revision_option(gen)
     _add_runtime_options(gen)
     gen.set_defaults(func=cmd_generate)
 
@@ -280,6 +301,10 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--data-dir", default=str(default_data_dir()), help="where job folders live")
     srv.add_argument("--max-upload-mb", type=float, default=64, help="largest request body")
     srv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (pixels)")
+    srv.add_argument("--max-decodes", type=int, default=DEFAULT_MAX_DECODES,
+                     help="uploads decoded at once (more wait, then 503)")
+    srv.add_argument("--decode-memory-mb", type=int, default=DEFAULT_DECODE_MEMORY_MB,
+                     help="memory the uploads being decoded may hold (more wait, then 503)")
     srv.add_argument("--max-queue", type=int, default=32, help="jobs that may wait at once")
     srv.add_argument("--job-timeout", type=float, default=3600, help="seconds after which a running job fails")
     srv.add_argument("--keep-days", type=float, default=14, help="delete finished jobs after this (0 = never)")
@@ -287,6 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--segment-model", default=None,
                      help=f"SAM for /v1/segment: Hugging Face repo id or folder (default: the --model folder's sam/ "
                           f"if it has one, else {DEFAULT_SEGMENT_MODEL}); loaded on the first segment job")
+    _add_revision_option(srv)
     _add_runtime_options(srv)
     srv.set_defaults(func=cmd_serve)
 
@@ -323,7 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.set_defaults(func=cmd_make_tiny_package)
 
     dl = sub.add_parser("download", help="fetch a model package into the Hugging Face cache")
-    dl.add_argument("--model", default=DEFAULT_MODEL)
+    dl.add_argument("--model", default=DEFAULT_MODEL,
+                    help=f"I-Scene package: Hugging Face repo id (default {DEFAULT_MODEL}); its base comes along")
+    _add_revision_option(dl)
+    dl.add_argument("--segment", action="store_true", help="also fetch the SAM model that /v1/segment uses")
+    dl.add_argument("--segment-model", default=DEFAULT_SEGMENT_MODEL,
+                    help=f"with --segment: SAM repo id (default {DEFAULT_SEGMENT_MODEL})")
     dl.set_defaults(func=cmd_download)
     return parser
 
@@ -338,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
     try:
+        if getattr(args, "revision", None):
+            from .engine.packages.source import pinned
+            args.model = pinned(args.model, args.revision)
         return args.func(args)
     except ISceneError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

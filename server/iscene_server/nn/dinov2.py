@@ -22,6 +22,9 @@ PRESETS = {
                               init_values=1.0, ffn_layer="mlp", block_chunks=0, num_register_tokens=4,
                               interpolate_antialias=True, interpolate_offset=0.0),
 }
+# The tiny package's DINOv2 (tests, CI, offline demos): the release's layout at a small width and depth, named in
+# its config.yml exactly as the release names dinov2_vitl14_reg.
+PRESETS["dinov2_tiny14_reg"] = {**PRESETS["dinov2_vitl14_reg"], "embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 class PatchEmbed(nn.Module):

@@ -48,8 +48,8 @@ def expand_patch_embedding(weight: torch.Tensor, in_channels: int) -> torch.Tens
 class ImageConditioner(TorsoPrecision, nn.Module):
     """Keys are ``base_img_conditioner.<DINOv2 key>``.
 
-    ``image_cond_model`` names a DINOv2 preset; ``image_cond_model_args`` (our addition, used by tiny
-    packages) overrides its constructor arguments.
+    ``image_cond_model`` names a DINOv2 preset; ``image_cond_model_args`` (not a config key: the parity vectors'
+    small DINOv2 uses it) overrides its constructor arguments.
     """
 
     def __init__(self, image_cond_model: str = "dinov2_vitl14_reg", cond_in_channels: int = 3,

@@ -37,7 +37,6 @@ RELEASED_SLAT_NORMALIZATION = {
 RELEASED_SAMPLER = {"name": "FlowEulerGuidanceIntervalSampler", "args": {"sigma_min": 1e-5},
                     "params": {"steps": 25, "cfg_strength": 5.0, "cfg_interval": [0.5, 1.0], "rescale_t": 3.0}}
 
-TINY_DINOV2 = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 TINY_SS_FLOW = {"resolution": 16, "in_channels": 8, "out_channels": 8, "model_channels": 64, "cond_channels": 32,
                 "num_blocks": 4, "num_heads": 2, "mlp_ratio": 4, "patch_size": 2, "pe_mode": "ape",
                 "qk_rms_norm": True, "use_fp16": True}
@@ -61,8 +60,8 @@ RELEASED_GAUSSIANS = {"lr": {"_xyz": 1.0, "_features_dc": 1.0, "_opacity": 1.0, 
 TINY_GS_DECODER = {"resolution": 64, "model_channels": 64, "latent_channels": 8, "num_blocks": 2, "num_heads": 2,
                    "mlp_ratio": 2, "attn_mode": "swin", "window_size": 8, "use_fp16": True,
                    "representation_config": RELEASED_GAUSSIANS}
-TINY_CONDITIONER = {"image_cond_model": "dinov2_vitl14_reg", "cond_in_channels": 3, "use_fp16": False,
-                    "image_cond_model_args": TINY_DINOV2}
+# The release's keys; the preset holds the tiny DINOv2's sizes (its width is the flow models' cond_channels).
+TINY_CONDITIONER = {"image_cond_model": "dinov2_tiny14_reg", "cond_in_channels": 3, "use_fp16": False}
 
 RELEASE_SS_FLOW = {"resolution": 16, "in_channels": 8, "out_channels": 8, "model_channels": 1024,
                    "cond_channels": 1024, "num_blocks": 24, "num_heads": 16, "mlp_ratio": 4, "patch_size": 1,
