@@ -103,3 +103,18 @@ def test_recover_on_a_read_only_disk_fails_running_jobs_in_memory(tmp_path, monk
     problem = restarted.problem
     assert isinstance(problem, StorageError) and problem.code == "storage_unwritable"
     assert "--data-dir" in problem.message and str(tmp_path) not in problem.message + problem.hint
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", json.dumps({"format": "other"})])
+def test_a_damaged_scene_manifest_is_reported_without_the_servers_paths(tmp_path, content):
+    """A parent job's damaged scene.json reaches the client as a message: it names the file, never the disk."""
+    from iscene_server.engine.results import SCENE_JSON, read_manifest
+    from iscene_server.errors import InputError
+
+    folder = tmp_path / "0123abcd"
+    folder.mkdir()
+    (folder / SCENE_JSON).write_text(content)
+    with pytest.raises(InputError) as caught:
+        read_manifest(folder)
+    assert f"0123abcd/{SCENE_JSON}" in caught.value.message and str(tmp_path) not in str(caught.value)
+    assert "generate it again" in caught.value.hint

@@ -45,12 +45,16 @@ def read_manifest(folder: str | Path) -> dict | None:
     path = Path(folder) / SCENE_JSON
     if not path.is_file():
         return None
+    shown = f"{path.parent.name}/{SCENE_JSON}"  # never the absolute path: server responses carry this message
+    damaged = "the scene's files are damaged: generate it again (or use a new output folder)"
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path} is unreadable ({exc})", "use a new output folder") from None
-    if manifest.get("format") != FORMAT:
-        raise InputError(f"{path} is not a scene written by this server", "use a new output folder")
+    except OSError as exc:
+        raise InputError(f"{shown} is unreadable ({exc.strerror})", damaged) from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{shown} is unreadable ({exc.msg} at line {exc.lineno})", damaged) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise InputError(f"{shown} is not a scene written by this server", damaged)
     return manifest
 
 
