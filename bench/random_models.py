@@ -16,12 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from iscene_server.engine.packages.layouts import PACKAGE_ROLES, IScenePackage
-from iscene_server.engine.packages.loader import ModelSet
+from iscene_server.engine.packages.loader import ModelSet, runs_half_torso
 from iscene_server.engine.packages.tiny import (RELEASE_OCCUPANCY_FRACTION, RELEASE_SIZES, SEED, TINY_SIZES,
                                                 random_network, write_package_configs)
 from iscene_server.engine.pipeline import ScenePipeline
 from iscene_server.nn.compile import compile_network
-from iscene_server.nn.precision import TorsoPrecision
 
 # Tiny networks at a twentieth of the tiny package's occupancy (~80 voxels per object): the mesh stage of a
 # tiny CPU check then takes about a second per object instead of twenty.
@@ -54,7 +53,7 @@ class RandomWeightModelSet(ModelSet):
         net = random_network(spec.name, spec.args, self.seed + PACKAGE_ROLES.index(role), self.occupancy,
                              self.device)
         # the loader's precision rule (engine/packages/loader.py build_from_spec)
-        if isinstance(net, TorsoPrecision) and (spec.args.get("use_fp16", False) or net.half_torso_always):
+        if runs_half_torso(net, spec):
             net.set_torso_dtype(self.dtype)
         if self.compiled:
             compile_network(net)
