@@ -55,7 +55,7 @@ def sphere_with_floaters(faces: int):
     sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
     from test_geometry_export import merge, uv_sphere
 
-    rings = int(round((faces / 2) ** 0.5 / 1.4))
+    rings = round((faces / 2) ** 0.5 / 1.4)
     body = uv_sphere(rings, int(faces / 2 / rings), noise=0.01)
     floaters = [uv_sphere(3, 4, centre=(0.4, 0.4, 0.1 * k - 0.5), radius=0.01) for k in range(10)]
     vertices, tri = merge(body, *floaters)
@@ -81,10 +81,10 @@ def components_bench(faces: int, repeats: int = 3) -> dict:
 
 
 def scene_bench(objects: int) -> list[dict]:
-    from iscene_server.engine.packages.tiny import write_tiny_package
     from iscene_server.engine.pipeline import GenerationRequest, ScenePipeline
     from iscene_server.engine.preprocess import load_scene
     from iscene_server.engine.results import SceneWriter
+    from iscene_server.tiny.package import write_tiny_package
 
     scene = load_scene(EXAMPLES / "living_room.png", EXAMPLES / "living_room_labels.png")
     labels = scene.label_ids[:objects]

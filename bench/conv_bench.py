@@ -30,6 +30,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+
 from iscene_server.nn.dispatch_count import DispatchCounter
 from iscene_server.nn.sparse import SparseConv3d, SparseTensor
 from iscene_server.nn.sparse.conv import kernel_offsets, neighbour_table
@@ -198,7 +199,7 @@ def measure(case: Case, implementations: dict, repeats: int, scale: float) -> li
     runs = {name: make(case, coords, feats, conv) for name, make in implementations.items()}
     expected = runs["previous"][1]()
     samples = {name: [] for name in runs}
-    wrong = {name: 0 for name in runs}
+    wrong = dict.fromkeys(runs, 0)
     for _ in range(repeats):  # interleaved, so that load from elsewhere hits all alike
         for name, (_, cached) in runs.items():
             seconds, out = timed(cached)

@@ -38,7 +38,11 @@ from pathlib import Path
 
 import torch
 from device_clock import StagePeaks, device_name, stamp, synchronize
-from iscene_server.engine.packages.loader import DTYPES
+from random_models import build_generation_networks, random_pipeline
+from reference_layout import decode_every_slot, reference_stage1
+from scenes import synthetic_scene
+
+from iscene_server.devices import DTYPES
 from iscene_server.engine.pipeline import GENERATE_PLAN, STAGE2_BATCH, GenerationRequest
 from iscene_server.engine.preprocess import build_slots, load_scene
 from iscene_server.engine.progress import ProgressTracker
@@ -46,9 +50,6 @@ from iscene_server.engine.results import SceneWriter
 from iscene_server.engine.stage1 import Stage1
 from iscene_server.nn.attention import resolve_backend, xformers_available
 from iscene_server.parity.precision import NETWORK_ROUNDOFFS, SAMPLER_ROUNDOFFS, UNIT_ROUNDOFF
-from random_models import build_generation_networks, random_pipeline
-from reference_layout import decode_every_slot, reference_stage1
-from scenes import synthetic_scene
 
 PARITY_DIR = Path(__file__).parents[1] / "tests" / "fixtures" / "parity"
 TINY_PARITY_CASES = ("ss_flow", "slat_flow")  # one dense, one sparse network: enough to prove the plumbing
@@ -353,8 +354,8 @@ def main() -> None:
         total = torch.cuda.get_device_properties(device).total_memory
         torch.cuda.set_per_process_memory_fraction(min(1.0, settings.memory_cap_gb * 2 ** 30 / total), device)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(folder)
         compile_mode = "auto" if settings.compile else False
         with random_pipeline(tmp / "package", device, settings.dtype, settings.tiny, compile_mode) as pipeline:
             build_generation_networks(pipeline)

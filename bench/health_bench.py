@@ -22,9 +22,9 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
-from server_process import ServerProcess  # noqa: E402
+from server_process import ServerProcess
 
-from iscene_server.engine.packages.tiny import write_tiny_package  # noqa: E402
+from iscene_server.tiny.package import write_tiny_package
 
 FAST = {"steps": 2, "slat_steps": 2, "detail": "low", "labels": [1]}
 

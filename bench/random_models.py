@@ -15,12 +15,19 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+
 from iscene_server.engine.packages.layouts import PACKAGE_ROLES, IScenePackage
 from iscene_server.engine.packages.loader import ModelSet, runs_half_torso
-from iscene_server.engine.packages.tiny import (RELEASE_OCCUPANCY_FRACTION, RELEASE_SIZES, SEED, TINY_SIZES,
-                                                random_network, write_package_configs)
 from iscene_server.engine.pipeline import ScenePipeline
 from iscene_server.nn.compile import compile_network
+from iscene_server.tiny.package import (
+    RELEASE_OCCUPANCY_FRACTION,
+    RELEASE_SIZES,
+    SEED,
+    TINY_SIZES,
+    random_network,
+    write_package_configs,
+)
 
 # Tiny networks at a twentieth of the tiny package's occupancy (~80 voxels per object): the mesh stage of a
 # tiny CPU check then takes about a second per object instead of twenty.

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
 from iscene_server.engine.stage1 import Stage1, slot_noise
 from iscene_server.nn.condition import ConditionRows
 from iscene_server.nn.ss_sc_flow import SCENE_SLOT, SlotLayout

@@ -49,7 +49,7 @@ def run_reference(pipeline, scene, request, out: Path) -> dict:
     from iscene_server.engine.preprocess import build_slots
     from iscene_server.engine.stage1 import Stage1
     from iscene_server.engine.stage2 import Stage2
-    from iscene_server.geometry.export import write_instance_glb
+    from iscene_server.geometry.glb_writer import write_instance_glb
     from iscene_server.geometry.postprocess import ColoredMesh, postprocess
 
     models, device = pipeline.models, pipeline.device
@@ -85,9 +85,10 @@ def run_reference(pipeline, scene, request, out: Path) -> dict:
 
 
 def worker(args) -> dict:
+    from random_models import build_generation_networks
+
     from iscene_server.engine.pipeline import GenerationRequest, ScenePipeline
     from iscene_server.engine.preprocess import load_scene
-    from random_models import build_generation_networks
 
     with ScenePipeline.from_pretrained(args.model, args.device, args.dtype) as pipeline, \
             tempfile.TemporaryDirectory() as tmp:
@@ -119,7 +120,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         if not args.model:
-            from iscene_server.engine.packages.tiny import write_tiny_package
+            from iscene_server.tiny.package import write_tiny_package
             args.model = str(write_tiny_package(Path(tmp) / "tiny"))
         rows = []
         for count in args.counts:

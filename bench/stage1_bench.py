@@ -30,8 +30,9 @@ def synthetic_conditions(conditioner, count: int, device: torch.device):
 
 
 def run_one(args) -> dict:
+    from iscene_server.devices import resolve_device, resolve_dtype
     from iscene_server.engine.packages.layouts import IScenePackage
-    from iscene_server.engine.packages.loader import ModelSet, resolve_device, resolve_dtype
+    from iscene_server.engine.packages.loader import ModelSet
     from iscene_server.engine.samplers import SamplerSettings
     from iscene_server.engine.stage1 import Stage1
 
@@ -89,7 +90,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         if not args.model and not args.full_size:
-            from iscene_server.engine.packages.tiny import write_tiny_package
+            from iscene_server.tiny.package import write_tiny_package
             args.model = str(write_tiny_package(Path(tmp) / "tiny"))
         rows = []
         for count in args.counts:

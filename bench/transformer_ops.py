@@ -115,8 +115,12 @@ def voxels(counts: list[int], extent: int, channels: int, seed: int):
 
 def measure() -> dict:
     from iscene_server.nn.sparse import SparseGroupNorm32
-    from iscene_server.nn.sparse_transformer import (ModulatedSparseTransformerCrossBlock, SparseTransformerBlock,
-                                                     TokenBatch, window_segments)
+    from iscene_server.nn.sparse_transformer import (
+        ModulatedSparseTransformerCrossBlock,
+        SparseTransformerBlock,
+        TokenBatch,
+        window_segments,
+    )
     from iscene_server.nn.transformer import ModulatedTransformerCrossBlock
 
     torch.manual_seed(0)
@@ -175,21 +179,23 @@ def baseline_counts(revision: str) -> dict:
         return json.loads(out.stdout)
 
 
+def _cell(now: dict, before: dict | None, key: str) -> str:
+    value = now[key]
+    if value is None:
+        return "-"
+    if before is None or before.get(key) is None:
+        return str(value)
+    return f"{before[key]} → {value}"
+
+
 def table(current: dict, baseline: dict | None, revision: str) -> str:
     head = "| block | kernels | attention calls | elementwise kernels | fused calls (compiled) |"
     lines = [head, "|---|---|---|---|---|"]
     for name, now in current.items():
         before = (baseline or {}).get(name)
 
-        def cell(key):
-            value = now[key]
-            if value is None:
-                return "-"
-            if before is None or before.get(key) is None:
-                return str(value)
-            return f"{before[key]} → {value}"
-
-        lines.append(f"| {name} | {cell('kernels')} | {cell('attention')} | {cell('elementwise')} | {cell('fused')} |")
+        cells = [_cell(now, before, key) for key in ("kernels", "attention", "elementwise", "fused")]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     title = f"Dispatched ops per block, {revision} → this tree (CPU, torch {torch.__version__})" if baseline \
         else f"Dispatched ops per block (CPU, torch {torch.__version__})"
     return f"{title}\n\n" + "\n".join(lines)

@@ -25,7 +25,7 @@ from mathutils import Vector
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from iscene_blender import importer, provenance  # noqa: E402  (the add-on package, imported from the repository)
+from iscene_blender import importer, provenance
 
 ROOM_WIDTH = 4.0
 PANEL_HEIGHT = 480

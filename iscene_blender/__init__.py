@@ -4,9 +4,10 @@ The add-on talks to an ``iscene-server`` over HTTP. Worker threads do the networ
 main-thread pump (:mod:`.pump`) applies every change to Blender data, so Blender never waits on the network.
 """
 
-from . import operators, overlay, panel, preferences, props, pump, server
+from . import job_operators, operators, overlay, panel, preferences, props, pump, server, server_operators
 
-_MODULES = (preferences, props, server, operators, panel, overlay)
+OPERATOR_MODULES = (operators, job_operators, server_operators)
+_MODULES = (preferences, props, server, *OPERATOR_MODULES, panel, overlay)
 
 
 def register():

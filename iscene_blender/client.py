@@ -3,6 +3,7 @@ threads. Every failure becomes a :class:`ClientError` whose ``message`` and ``hi
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import urllib.error
 import urllib.request
@@ -10,7 +11,7 @@ import uuid
 from urllib.parse import quote, urlsplit
 
 API = "/v1"
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOCALHOST = "localhost"
 
 
 class ClientError(Exception):
@@ -56,9 +57,28 @@ def url_port(url: str) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is this computer only.
+
+    A deliberate copy of the server's rule (``iscene_server.api.security.is_loopback``; the add-on imports
+    nothing from the server) for IP literals: an IPv4-mapped IPv6 address counts by its IPv4 part, a zone
+    index is ignored. Of host names only ``localhost`` counts: the add-on never resolves names here (this runs
+    while Blender draws its panels), so any other name, even ``127.example.com``, is another computer.
+    ``tests/test_addon_copies.py`` checks that both give the same answers.
+    """
+    if host.lower() == LOCALHOST:
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return (mapped or address).is_loopback
+
+
 def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    return host in LOOPBACK_HOSTS or host.startswith("127.")
+    """Whether the server at ``url`` runs on this computer."""
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def multipart(files: dict[str, tuple[str, bytes]], fields: dict[str, str]) -> tuple[bytes, str]:
@@ -103,14 +123,14 @@ class Client:
                 return response.status, response.read(), response.headers.get("Content-Type", "")
         except urllib.error.HTTPError as err:
             return err.code, err.read(), err.headers.get("Content-Type", "") if err.headers else ""
-        except TimeoutError:
+        except TimeoutError as err:
             raise ClientError("timeout", f"the server at {self.base_url} did not answer in time",
-                              "it may be busy loading the model; raise the timeout in the add-on preferences")
+                              "it may be busy loading the model; raise the timeout in the add-on preferences") from err
         except (urllib.error.URLError, ConnectionError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise ClientError("unreachable", f"cannot reach the I-Scene server at {self.base_url} ({reason})",
                               "start it with `iscene-server serve` (or Start Local Server in the preferences) "
-                              "and check the server URL")
+                              "and check the server URL") from err
 
     def _json(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None,
               require: tuple[str, ...] = ()) -> dict:

@@ -1,5 +1,5 @@
 """Frames: the scene frame S of a job (the model's cube, z up), placed in the world in metres by the job's root
-empty.
+empty. Meshes arrive in S: :data:`.glb.GLTF_TO_S` undoes the server's glTF axis swap (its ``S_TO_GLTF``).
 
 The root is an unscaled empty (at the 3D cursor on import). ``scale`` (metres per S unit) and ``anchor`` (the
 point of S that sits on the root: the bottom centre of the scene's box, so the floor lands on the cursor) are

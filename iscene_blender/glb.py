@@ -1,5 +1,12 @@
 """Reading the server's instance GLBs into arrays (stdlib + numpy): positions in the scene frame S (z up),
-triangles, linear vertex colours and the node extras."""
+triangles, linear vertex colours and the node extras.
+
+A deliberate copy (the add-on imports nothing from the server) of the server's GLB reader,
+``iscene_server/geometry/glb_reader.py`` (``read_glb``, ``read_instance_mesh``), and of its axis convention
+``S_TO_GLTF`` in ``iscene_server/geometry/gltf.py``; unlike the original it also reads the normalised integer
+colours other glTF writers use, and returns linear colours. ``tests/test_addon_copies.py`` checks
+that both read the same arrays from the same bytes and refuse the same broken files.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +20,10 @@ _MAGIC, _JSON, _BIN = 0x46546C67, 0x4E4F534A, 0x004E4942
 _DTYPES = {5126: "<f4", 5125: "<u4", 5123: "<u2", 5121: "u1"}
 _WIDTHS = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}
 
+# p_S = GLTF_TO_S @ p_glTF: glTF is y up, S is z up, so (x, y, z)_glTF -> (x, -z, y)_S; the inverse (and
+# transpose) of the server's S_TO_GLTF.
+GLTF_TO_S = np.array([[1, 0, 0], [0, 0, -1], [0, 1, 0]], dtype=np.float32)
+
 
 @dataclass
 class MeshArrays:
@@ -22,20 +33,25 @@ class MeshArrays:
     extras: dict
 
 
-def _chunks(data: bytes) -> tuple[dict, bytes]:
-    magic, version, length = struct.unpack_from("<III", data, 0)
-    if magic != _MAGIC or version != 2:
-        raise ValueError("not a binary glTF 2.0 file")
-    json_length, kind = struct.unpack_from("<II", data, 12)
-    if kind != _JSON:
-        raise ValueError("GLB without a JSON chunk")
-    document = json.loads(data[20:20 + json_length])
-    offset = 20 + json_length
-    binary = b""
-    if offset + 8 <= len(data):
-        bin_length, kind = struct.unpack_from("<II", data, offset)
-        if kind == _BIN:
+def read_glb(data: bytes) -> tuple[dict, bytes]:
+    """The JSON document and binary chunk of a GLB container; ``ValueError`` for anything else."""
+    try:
+        magic, version, length = struct.unpack_from("<III", data, 0)
+        if magic != _MAGIC or version != 2 or length != len(data):
+            raise ValueError("not a glTF 2.0 binary (GLB) file")
+        json_length, kind = struct.unpack_from("<II", data, 12)
+        if kind != _JSON:
+            raise ValueError("GLB does not start with a JSON chunk")
+        document = json.loads(data[20:20 + json_length])
+        offset = 20 + json_length
+        binary = b""
+        if offset < len(data):
+            bin_length, kind = struct.unpack_from("<II", data, offset)
+            if kind != _BIN:
+                raise ValueError("GLB second chunk is not binary")
             binary = data[offset + 8:offset + 8 + bin_length]
+    except struct.error as err:
+        raise ValueError(f"truncated GLB file ({err})") from err
     return document, binary
 
 
@@ -52,11 +68,11 @@ def _accessor(document: dict, binary: bytes, index: int) -> np.ndarray:
 
 
 def read_mesh(data: bytes) -> MeshArrays:
-    """The first mesh of a GLB, with glTF's y-up mapped back to S: (x, y, z)_gltf -> (x, -z, y)."""
-    document, binary = _chunks(data)
+    """The first mesh of a GLB, with glTF's y up mapped back to S (:data:`GLTF_TO_S`)."""
+    document, binary = read_glb(data)
     primitive = document["meshes"][0]["primitives"][0]
-    position = _accessor(document, binary, primitive["attributes"]["POSITION"]).astype(np.float32)
-    vertices = np.stack([position[:, 0], -position[:, 2], position[:, 1]], axis=1)
+    position = _accessor(document, binary, primitive["attributes"]["POSITION"]).astype(np.float32)  # [V, 3]
+    vertices = position @ GLTF_TO_S.T  # [V, 3] in S
     faces = _accessor(document, binary, primitive["indices"]).reshape(-1, 3).astype(np.int32)
     if "COLOR_0" in primitive["attributes"]:
         colors = _accessor(document, binary, primitive["attributes"]["COLOR_0"]).astype(np.float32)

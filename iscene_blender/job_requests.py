@@ -1,31 +1,22 @@
 """What each job sends, built from the Blender data on the main thread (the operators stay thin): the
-uploads and parameters of Generate, the seeds and targets of Regenerate, the edits of Refine."""
+uploads and parameters of Generate, the prompts of Segment, the seeds and targets of Regenerate, the edits of
+Refine, and the requests that run a job again (Retry) or download it again (Re-import)."""
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import bpy
 
-from . import frames, masks, provenance, wording
+from . import frames, masks, prompts, provenance, wording
+from .image_files import image_bytes
 from .importer import MESH_SEED, SEED
-from .png import image_png
 from .props import label_names, label_stats
+from .seeds import random_seed
 
-
-def image_bytes(image: bpy.types.Image) -> bytes:
-    """The encoded file of an image datablock: packed data or the file on disk while they hold what the artist
-    sees, else a PNG of its pixels in memory (painted, generated or edited images)."""
-    if not image.is_dirty:
-        if image.packed_file is not None:
-            return bytes(image.packed_file.data)
-        path = Path(bpy.path.abspath(image.filepath)) if image.filepath else None
-        if path is not None and path.is_file():
-            return path.read_bytes()
-    return image_png(image)
+NOTHING_TO_SEGMENT = ("nothing to segment: in the Image Editor, draw a box around each object (or click on it) "
+                      "with the Annotate tool, or use Auto-segment")
 
 
 @dataclass
@@ -52,10 +43,6 @@ def generate_request(settings) -> Request:
     stats = label_stats(labels)
     title = wording.job_title("generate", name, stats.count if stats else None, settings.seed, time.time())
     return Request("generate", title, params, inputs, image=settings.image.name, names=label_names(settings))
-
-
-def random_seed() -> int:
-    return random.randrange(2 ** 31)
 
 
 def seed_to_send(obj) -> int:
@@ -109,6 +96,36 @@ def refine_request(context, root, selected_only: bool, strength: float) -> Reque
                    targets=targets)
 
 
-def segment_request(image, prompts: dict) -> Request:
-    title = wording.job_title("segment", masks.image_stem(image), len(prompts.get("objects", [])) or None)
-    return Request("segment", title, {"prompts": prompts}, {"image": image_bytes(image)}, image=image.name)
+def segment_prompts(context, image, mode: str, annotation: str, points_per_side: int) -> dict:
+    """The prompts of a Segment click: automatic over a grid (``mode`` "AUTO"), else one object per stroke of the
+    image's annotation (the datablock named ``annotation``, default the Image Editor's). Raises ``ValueError``
+    naming the fix when nothing is annotated."""
+    if mode == "AUTO":
+        return prompts.auto_prompts(points_per_side)
+    found = masks.annotation_for(context, image, annotation)
+    strokes = masks.annotation_strokes(found) if found is not None else []
+    if not strokes:
+        raise ValueError(NOTHING_TO_SEGMENT)
+    return prompts.prompts_from_strokes(strokes, *image.size)
+
+
+def segment_request(image, image_prompts: dict) -> Request:
+    title = wording.job_title("segment", masks.image_stem(image), len(image_prompts.get("objects", [])) or None)
+    return Request("segment", title, {"prompts": image_prompts}, {"image": image_bytes(image)}, image=image.name)
+
+
+def retry_request(job) -> Request:
+    """The same job again: its kind, parameters and uploads (kept in memory since it ran)."""
+    return Request(job.kind, job.title, dict(job.params), dict(job.inputs), job.parent, job.root, dict(job.targets),
+                   job.image, dict(job.names))
+
+
+def reimport_request(context, record) -> Request:
+    """Download the finished server job of a history ``record`` again, as a new scene named with the current
+    object names, with the image it was made from (found by name if the record predates image tracking) behind
+    its camera."""
+    params = {"name": record.name} if record.name else {}
+    image = record.image or next((i.name for i in bpy.data.images
+                                  if record.name and masks.image_stem(i) == record.name), None)
+    return Request("import", wording.job_title("import", record.title), params, parent=record.server_id,
+                   image=image, names=label_names(context.scene.iscene))

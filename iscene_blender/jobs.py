@@ -6,6 +6,7 @@ A worker submits the job, polls its status, downloads the result into the job's 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -91,7 +92,9 @@ class Runtime:
             except ClientError as err:
                 self.events.put(Event("server_jobs", data={"error": err}))
 
-        threading.Thread(target=ask, daemon=True, name="iscene-job-list").start()
+        thread = threading.Thread(target=ask, daemon=True, name="iscene-job-list")
+        self.threads.append(thread)
+        thread.start()
 
     def check_health(self, client: Client) -> None:
         """Ask the server for its health and check the token, on a thread (one at a time); the answer arrives as an
@@ -113,6 +116,12 @@ class Runtime:
 
     def any_active(self) -> bool:
         return any(job.active for job in self.jobs.values())
+
+    def wait(self, timeout: float = 30.0) -> None:
+        """Block until every worker (jobs, job lists) has posted its last event (tests, and scripts that need the
+        results now)."""
+        for thread in list(self.threads):
+            thread.join(timeout)
 
     def stop(self, timeout: float = 2.0) -> None:
         for job in self.jobs.values():
@@ -145,10 +154,8 @@ def _wait(job: Job, client: Client, events: queue.Queue, poll_s: float) -> dict 
     unreachable_since = None
     while True:
         if job.cancel.is_set():
-            try:
+            with contextlib.suppress(ClientError):  # already finished or unreachable: nothing left to stop
                 client.cancel(job.server_id)
-            except ClientError:
-                pass  # already finished or unreachable: nothing left to stop
             _post(events, "cancelled", job)
             return None
         try:
@@ -157,10 +164,11 @@ def _wait(job: Job, client: Client, events: queue.Queue, poll_s: float) -> dict 
         except ClientError as err:
             if err.kind not in ("unreachable", "timeout"):
                 raise
-            unreachable_since = unreachable_since or time.time()
-            if time.time() - unreachable_since > LOST_CONNECTION_S:
+            unreachable_since = unreachable_since or time.monotonic()
+            if time.monotonic() - unreachable_since > LOST_CONNECTION_S:
                 raise ClientError("unreachable", f"lost the connection to the server while job {job.server_id} ran",
-                                  "check that the server is still running; its finished jobs stay on its disk")
+                                  "check that the server is still running; its finished jobs stay on its disk"
+                                  ) from err
             job.cancel.wait(poll_s)
             continue
         # the job ends here only once imported (or with the failed / cancelled event below, message included)

@@ -1,36 +1,17 @@
-"""Instance masks without leaving Blender: Annotate strokes drawn over an image become Segment Anything prompts,
-and the label map the server makes becomes an image datablock linked to that image.
-
-Prompt rules (pixel coordinates of the image, origin top-left, as the server expects):
-
-* every stroke on a visible annotation layer is one object: a stroke that spans more than a few pixels is
-  the box around its points; a click (a dot) is a positive point;
-* a dot inside an object's box is added to that object as a positive point instead of being an object;
-* dots on a layer whose name starts with "neg" (for example "Negative") are negative points ("not this"),
-  given to every object whose box contains them, or to every object if no box does.
-
-In the Image Editor annotation coordinates are normalised over the image: (0, 0) is its bottom-left corner
-and (1, 1) its top-right.
-"""
+"""Instance masks without leaving Blender: the Annotate strokes drawn over an image (made into prompts by
+:mod:`.prompts`), and the label map the server makes, kept as an image datablock linked to that image."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
 
 from .pixels import PALETTE
+from .prompts import Stroke
 
 LABEL_MAP = "iscene_label_map"  # on a source image: its label map (an ID pointer)
 SOURCE = "iscene_source"  # on a label map: the name of the image it was made for
-DOT_PIXELS = 6.0  # a stroke whose extent is at most this (or 1% of the image diagonal) is a click
-
-
-@dataclass(frozen=True)
-class Stroke:
-    layer: str
-    points: tuple[tuple[float, float], ...]  # normalised image coordinates, y up
 
 
 def annotation_strokes(annotation) -> list[Stroke]:
@@ -47,42 +28,6 @@ def annotation_strokes(annotation) -> list[Stroke]:
             if points:
                 strokes.append(Stroke(layer.info, points))
     return strokes
-
-
-def _pixels(stroke: Stroke, width: int, height: int) -> list[tuple[float, float]]:
-    return [(x * width, (1.0 - y) * height) for x, y in stroke.points]
-
-
-def _inside(point, box) -> bool:
-    return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
-
-
-def prompts_from_strokes(strokes: list[Stroke], width: int, height: int) -> dict:
-    """The server's prompt JSON (``{"objects": [...]}``) for annotation strokes over a ``width``×``height`` image."""
-    dot = max(DOT_PIXELS, 0.01 * (width ** 2 + height ** 2) ** 0.5)
-    objects, dots, negatives = [], [], []
-    for stroke in strokes:
-        pixels = _pixels(stroke, width, height)
-        xs, ys = [p[0] for p in pixels], [p[1] for p in pixels]
-        box = [min(xs), min(ys), max(xs), max(ys)]
-        centre = [round((box[0] + box[2]) / 2, 2), round((box[1] + box[3]) / 2, 2)]
-        if stroke.layer.lower().startswith("neg"):
-            negatives.append(centre)
-        elif max(box[2] - box[0], box[3] - box[1]) <= dot:
-            dots.append(centre)
-        else:
-            objects.append({"box": [round(v, 2) for v in box]})
-    for point in dots:
-        owner = next((o for o in objects if "box" in o and _inside(point, o["box"])), None)
-        if owner is None:
-            objects.append({"points": [point]})
-        else:
-            owner.setdefault("points", []).append(point)
-    for point in negatives:
-        owners = [o for o in objects if "box" in o and _inside(point, o["box"])] or objects
-        for owner in owners:
-            owner.setdefault("negative", []).append(point)
-    return {"objects": objects}
 
 
 def annotation_for(context, image, name: str = ""):
@@ -104,6 +49,14 @@ def image_editors(context):
         for area in window.screen.areas:
             if area.type == "IMAGE_EDITOR":
                 yield area.spaces.active
+
+
+def active_image(context):
+    """The image the artist has in front of them: the active image empty's, else an Image Editor's."""
+    obj = context.active_object
+    if obj is not None and obj.type == "EMPTY" and obj.empty_display_type == "IMAGE" and obj.data is not None:
+        return obj.data
+    return next((space.image for space in image_editors(context) if space.image is not None), None)
 
 
 def linked_label_map(image):

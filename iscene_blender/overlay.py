@@ -17,8 +17,13 @@ QUAD = ((0.0, 0.0), (1.0, 0.0), (1.0, 1.0), (0.0, 1.0))
 VERTEX = "void main() { uv = texCoord; gl_Position = viewProjectionMatrix * vec4(pos, 0.0, 1.0); }"
 FRAGMENT = ("void main() { vec4 c = texture(image, uv); float on = max(c.r, max(c.g, c.b)) > 0.5 / 255.0 ? "
             "opacity : 0.0; fragColor = vec4(c.rgb, on); }")
-_handle = None
-_shader = None
+
+
+class _Drawing:
+    """The draw handler and the compiled shader, while the overlay is registered."""
+
+    handle = None
+    shader = None
 
 
 def shown_label_map(space, settings):
@@ -31,8 +36,7 @@ def shown_label_map(space, settings):
 
 
 def _overlay_shader():
-    global _shader
-    if _shader is None:
+    if _Drawing.shader is None:
         import gpu
         info = gpu.types.GPUShaderCreateInfo()
         info.push_constant("MAT4", "viewProjectionMatrix")
@@ -46,8 +50,8 @@ def _overlay_shader():
         info.fragment_out(0, "VEC4", "fragColor")
         info.vertex_source(VERTEX)
         info.fragment_source(FRAGMENT)
-        _shader = gpu.shader.create_from_info(info)
-    return _shader
+        _Drawing.shader = gpu.shader.create_from_info(info)
+    return _Drawing.shader
 
 
 def draw() -> None:
@@ -71,15 +75,13 @@ def draw() -> None:
 
 
 def register():
-    global _handle
     if bpy.app.background:
         return  # nothing is drawn without a window
-    _handle = bpy.types.SpaceImageEditor.draw_handler_add(draw, (), "WINDOW", "POST_VIEW")
+    _Drawing.handle = bpy.types.SpaceImageEditor.draw_handler_add(draw, (), "WINDOW", "POST_VIEW")
 
 
 def unregister():
-    global _handle, _shader
-    if _handle is not None:
-        bpy.types.SpaceImageEditor.draw_handler_remove(_handle, "WINDOW")
-        _handle = None
-    _shader = None
+    if _Drawing.handle is not None:
+        bpy.types.SpaceImageEditor.draw_handler_remove(_Drawing.handle, "WINDOW")
+        _Drawing.handle = None
+    _Drawing.shader = None

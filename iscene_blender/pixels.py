@@ -37,8 +37,10 @@ def colour_keys(pixels: np.ndarray) -> np.ndarray:
 
 
 def label_ids(keys: np.ndarray, palette: dict[int, int] | None = None) -> list[int]:
-    """The instance ids the server reads from these colours (``decode_label_map``): a palette PNG's indices,
-    grey values when every pixel is grey, else the packed colour; 0 (background) left out."""
+    """The instance ids the server reads from these colours: a palette PNG's indices, grey values when every
+    pixel is grey, else the packed colour; 0 (background) left out. A deliberate copy of the rules of the
+    server's ``decode_label_map`` (``iscene_server/engine/preprocess/images.py``) for 8-bit label maps,
+    checked against it by ``tests/test_addon_copies.py``."""
     distinct = np.unique(keys)
     if palette and all(int(k) in palette for k in distinct if k):
         ids = [palette[int(k)] for k in distinct if k]

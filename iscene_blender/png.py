@@ -2,6 +2,8 @@
 
 ``Image.save`` would do this too, but it marks the image as saved while its file on disk still holds the old
 pixels, so Blender would later drop the artist's unsaved paint; encoding here leaves the datablock untouched.
+The encoder is the add-on's own (the server decodes with Pillow, ``iscene_server/engine/preprocess/images.py``);
+``tests/test_addon_copies.py`` checks that the server reads its files back as the same pixels and ids.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ def encode_rgba8(rgba: np.ndarray) -> bytes:
 
 
 def linear_to_srgb(values: np.ndarray) -> np.ndarray:
+    """sRGB encoding of linear values in [0, 1]: a deliberate copy of the server's ``linear_to_srgb``
+    (``iscene_server/geometry/colour.py``), checked against it by ``tests/test_addon_copies.py``."""
     values = np.clip(values, 0.0, 1.0)
     return np.where(values <= 0.0031308, values * 12.92, 1.055 * np.power(values, 1 / 2.4) - 0.055)
 

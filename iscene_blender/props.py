@@ -17,6 +17,7 @@ from bpy.props import (
 
 from .masks import linked_label_map
 from .pixels import LabelStats, PixelStats
+from .seeds import DEFAULT_SEED, SEED_LIMIT
 
 REFRESH_EVERY = 0.25  # seconds between label-map refreshes while a panel shows one
 
@@ -104,7 +105,7 @@ class ISceneSettings(bpy.types.PropertyGroup):
                            "render of the scene)", update=_image_changed)
     labels: PointerProperty(name="Label Map", type=bpy.types.Image,
                             description="One flat colour or id per object, background 0 (black)")
-    seed: IntProperty(name="Seed", default=42, min=0, max=2 ** 31 - 1,
+    seed: IntProperty(name="Seed", default=DEFAULT_SEED, min=0, max=SEED_LIMIT - 1,
                       description="Random seed of the scene: the same seed and inputs give the same scene")
     detail: EnumProperty(name="Detail", default="medium", description="How many faces each object's mesh gets",
                          items=[("low", "Low", "About 15k faces per object"),
@@ -146,7 +147,7 @@ def register():
     bpy.app.handlers.load_post.append(_forget_counts)
     bpy.types.Object.iscene_locked = BoolProperty(name="Lock", default=False,
                                                   description="Refine keeps this object exactly as it is")
-    bpy.types.Object.iscene_seed = IntProperty(name="Seed", default=0, min=0, max=2 ** 31 - 1,
+    bpy.types.Object.iscene_seed = IntProperty(name="Seed", default=0, min=0, max=SEED_LIMIT - 1,
                                                description="This object's seed: Regenerate uses it if you changed "
                                                            "it, else a new random one (Randomize picks one)")
 

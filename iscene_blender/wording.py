@@ -56,3 +56,9 @@ def wrap(text: str, width_px: float, ui_scale: float = 1.0) -> list[str]:
     """``text`` in lines that fit a region ``width_px`` wide (labels in Blender are cut, never wrapped)."""
     columns = max(16, int(width_px / (CHAR_PX * max(ui_scale, 0.1))) - 4)
     return textwrap.wrap(text, columns, break_on_hyphens=False) or [""]
+
+
+def error_report(record) -> str:
+    """What Copy Error puts on the clipboard: enough for a bug report or a question to the server's admin."""
+    return (f"I-Scene {record.kind} failed: {record.message}\nHint: {record.hint}\n"
+            f"Server job: {record.server_id or 'none'}")

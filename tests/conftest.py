@@ -1,4 +1,8 @@
-"""Shared fixtures: the tiny model package and a small example scene."""
+"""Shared fixtures: the tiny model package, one loaded pipeline, one finished scene, one server, example scenes.
+
+The session-scoped ones are built once for the whole run (they are what makes the suite fast): tests read them
+and must not change them (copy a scene folder before writing into it; restore whatever they monkeypatch).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from iscene_server.engine.packages.tiny import write_tiny_package
 from PIL import Image
 from safetensors.numpy import load_file
+from server_process import ServerProcess
+
+from iscene_server.engine.eta import GENERATE_PLAN
+from iscene_server.engine.pipeline import ScenePipeline
+from iscene_server.engine.progress import ProgressTracker
+from iscene_server.jobs.runner import run_generate
+from iscene_server.tiny.package import write_tiny_package
 
 FIXTURES = Path(__file__).parent / "fixtures"
 PARITY = FIXTURES / "parity"
@@ -45,9 +55,57 @@ def small_scene() -> tuple[bytes, bytes]:
 
 
 @pytest.fixture(scope="session")
+def small_scene_files(small_scene, tmp_path_factory) -> tuple[Path, Path]:
+    """:func:`small_scene` written as PNG files, as an artist would pass them to the command line."""
+    folder = tmp_path_factory.mktemp("small-scene")
+    image, labels = folder / "living_room.png", folder / "living_room_labels.png"
+    image.write_bytes(small_scene[0])
+    labels.write_bytes(small_scene[1])
+    return image, labels
+
+
+@pytest.fixture(scope="session")
 def tiny_package(tmp_path_factory) -> Path:
     """A freshly generated tiny I-Scene package (the same one `iscene-server make-tiny-package` writes)."""
     return write_tiny_package(tmp_path_factory.mktemp("tiny") / "iscene-tiny")
+
+
+@pytest.fixture(scope="session")
+def pipeline(tiny_package) -> ScenePipeline:
+    """The tiny package loaded once on the CPU, with its clean-up workers."""
+    with ScenePipeline.from_pretrained(str(tiny_package), device="cpu") as pipeline:
+        yield pipeline
+
+
+@pytest.fixture(scope="session")
+def small_inputs(small_scene) -> dict[str, bytes]:
+    """:func:`small_scene` as the job inputs a generate job receives."""
+    return {"image": small_scene[0], "labels": small_scene[1]}
+
+
+@pytest.fixture(scope="session")
+def generated_scene(pipeline, small_inputs, tmp_path_factory) -> Path:
+    """The folder of a finished generate job (the small scene, :data:`FAST`): a parent for refines."""
+    folder = tmp_path_factory.mktemp("generated")
+    run_generate(pipeline, folder, FAST, small_inputs, ProgressTracker(GENERATE_PLAN))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def server(tiny_package, tmp_path_factory):
+    """One ``iscene-server serve`` on the tiny package for tests that only submit jobs and read their results;
+    tests that change its settings, stop it or need it to hold no other job start their own."""
+    process = ServerProcess(tiny_package, tmp_path_factory.mktemp("shared-server") / "data").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def finished_job(server, small_scene) -> str:
+    """The id of a generate job of the small scene (:data:`FAST`) that finished on :func:`server`; read only."""
+    status, created = server.submit(*small_scene, FAST)
+    assert status == 202 and server.wait(created["job_id"])["state"] == "succeeded", created
+    return created["job_id"]
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """A small filesystem shim for fault-injection tests: writes under one folder fail with a chosen errno.
 
-It wraps the two ways the server writes files: the one write helper of the store and the results writer
-(:mod:`iscene_server.engine.atomic`, through its module-level ``open``) and ``Path.write_bytes`` (the mesh and
-splat exporters). A failing write leaves what a real full disk leaves: a created, empty file."""
+It wraps the one way the server writes files: :mod:`iscene_server.atomic` (the job store, the results writer and
+the GLB/PLY exporters), through its module-level ``open``. A failing write leaves what a real full disk leaves: a
+created, empty file."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import errno
 import os
 from pathlib import Path
 
-from iscene_server.engine import atomic
+from iscene_server import atomic
 
 
 class FaultyDisk:
@@ -20,7 +20,7 @@ class FaultyDisk:
         self.errno: int | None = None  # fail every write while set
         self.fail_at: int | None = None  # or only the n-th write (1-based) from now
         self.writes = 0
-        real_open, real_write_bytes = builtins.open, Path.write_bytes
+        real_open = builtins.open
         disk = self
 
         def shim_open(file, mode="r", *args, **kwargs):
@@ -28,13 +28,7 @@ class FaultyDisk:
                 disk.fail(lambda: real_open(file, mode, *args, **kwargs).close())
             return real_open(file, mode, *args, **kwargs)
 
-        def shim_write_bytes(path, data):
-            if disk.hit(path):
-                disk.fail(lambda: real_open(path, "wb").close())
-            return real_write_bytes(path, data)
-
         monkeypatch.setattr(atomic, "open", shim_open, raising=False)
-        monkeypatch.setattr(Path, "write_bytes", shim_write_bytes)
 
     def hit(self, path) -> bool:
         if not Path(path).resolve().is_relative_to(self.root):

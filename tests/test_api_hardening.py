@@ -16,23 +16,19 @@ import pytest
 from conftest import FAST
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from PIL import Image
+from server_process import multipart
+
 from iscene_server.api import errors
 from iscene_server.api.decoding import BusyError, DecodeGate
-from iscene_server.api.schemas import GenerationParams, SegmentPrompts, parse_json_field
+from iscene_server.api.schemas import GenerationParams
 from iscene_server.api.security import is_loopback
 from iscene_server.engine.preprocess import decode_label_map, open_image
 from iscene_server.errors import InputError, ModelPackageError
-from PIL import Image
-from server_process import ServerProcess, multipart
+from iscene_server.jobs.json_fields import parse_json_field
+from iscene_server.segment.prompts import SegmentPrompts
 
 HOSTILE_JSON = ["[" * 100000, '{"a":' * 50000, '{"seed": ' + "9" * 5000 + "}", "x" * 2_000_000]
-
-
-@pytest.fixture(scope="module")
-def server(tiny_package, tmp_path_factory):
-    process = ServerProcess(tiny_package, tmp_path_factory.mktemp("hardening") / "data").start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture(scope="module")

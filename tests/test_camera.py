@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+
 from iscene_server.engine.camera import (
     ORTHOGRAPHIC,
     PERSPECTIVE,
@@ -27,8 +28,8 @@ from iscene_server.engine.camera import (
     solve_camera,
 )
 from iscene_server.engine.preprocess import crop_bbox
+from iscene_server.geometry.voxels import GRID
 
-GRID = 64
 ROTATIONS = axis_aligned_rotations()
 FRONT, BACK, SIDE, BELOW, SIDE_LYING = 5, 7, 13, 0, 20  # indices into ROTATIONS (see test_orientations)
 
@@ -36,7 +37,7 @@ FRONT, BACK, SIDE, BELOW, SIDE_LYING = 5, 7, 13, 0, 20  # indices into ROTATIONS
 # ---- synthetic scenes -----------------------------------------------------------------------------------
 
 def box(low, high) -> np.ndarray:
-    axes = [np.arange(a, b) for a, b in zip(low, high)]
+    axes = [np.arange(a, b) for a, b in zip(low, high, strict=True)]
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
 
 
@@ -63,7 +64,7 @@ def ray_cast(voxels: dict[int, np.ndarray], camera: Camera) -> np.ndarray:
     occupied = np.argwhere(grid > 0)
     low, high = occupied.min(axis=0), occupied.max(axis=0) + 1
     width, height = camera.image_size
-    corners = np.array(np.meshgrid(*zip(low, high))).reshape(3, -1).T / GRID - 0.5
+    corners = np.array(np.meshgrid(*zip(low, high, strict=True))).reshape(3, -1).T / GRID - 0.5
     uv, _ = camera.project(corners)
     x0, y0 = np.clip(np.floor(uv.min(axis=0)).astype(int), 0, None)
     x1, y1 = np.minimum(np.ceil(uv.max(axis=0)).astype(int) + 1, [width, height])
@@ -362,8 +363,8 @@ def test_blender_camera_matches_projection():
                          text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     (line,) = [line for line in run.stdout.splitlines() if line.startswith("RESULT")]
-    for camera, seen in zip(cameras, json.loads(line[len("RESULT"):])):
-        seen = np.array(seen)
+    for camera, reported in zip(cameras, json.loads(line[len("RESULT"):]), strict=True):
+        seen = np.array(reported)
         width, height = camera.image_size
         uv, depth = camera.project(points)
         blender_uv = np.stack([seen[:, 0] * width, (1 - seen[:, 1]) * height], axis=1)

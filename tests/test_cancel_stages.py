@@ -10,15 +10,15 @@ import time
 import numpy as np
 import pytest
 from conftest import FAST
+from test_camera import render_case
+
 from iscene_server.engine import results
-from iscene_server.engine.camera import solve
+from iscene_server.engine.camera import projection, solve
 from iscene_server.engine.camera.model import ORTHOGRAPHIC, PERSPECTIVE
 from iscene_server.engine.eta import COSTS_FILE
-from iscene_server.engine.pipeline import GenerationRequest, ScenePipeline
+from iscene_server.engine.pipeline import GenerationRequest
 from iscene_server.engine.preprocess import build_slots, crop_bbox, load_scene, slots
 from iscene_server.engine.progress import ProgressTracker
-from iscene_server.engine.refine import raster, voxels
-from iscene_server.engine.refine.raster import RenderMesh, render_instances
 from iscene_server.engine.refine.scene import (
     ParentScene,
     Refiner,
@@ -26,11 +26,12 @@ from iscene_server.engine.refine.scene import (
 )
 from iscene_server.engine.results import SCENE_JSON
 from iscene_server.errors import Cancelled, StateError
+from iscene_server.geometry import voxels
+from iscene_server.geometry.raster import triangles as raster
+from iscene_server.geometry.raster.triangles import RenderMesh, render_instances
 from iscene_server.jobs.runner import run_generate
 from iscene_server.jobs.service import JobService, ServiceSettings
 from iscene_server.jobs.store import CANCELLED, SUCCEEDED
-from test_camera import render_case
-from test_refine import inputs, parent  # noqa: F401 - the refine tests' fixtures, on this module's pipeline
 
 
 class CancelAfter:
@@ -62,8 +63,8 @@ def tracker_with_event() -> tuple[ProgressTracker, threading.Event]:
 def test_camera_solve_stops_at_the_next_check(monkeypatch, after):
     _, voxel_sets, ids = render_case(PERSPECTIVE, 0, (640, 480), 50.0)
     tracker, cancel = tracker_with_event()
-    spy = CancelAfter(solve._rasterise, after, cancel)
-    monkeypatch.setattr(solve, "_rasterise", spy)
+    spy = CancelAfter(projection.splat_rectangles, after, cancel)
+    monkeypatch.setattr(projection, "splat_rectangles", spy)
     with pytest.raises(Cancelled):
         solve.solve_camera(voxel_sets, ids, crop_bbox(ids > 0), check=tracker.check_cancelled)
     assert spy.after_cancel <= 1  # a moment fit renders twice between two checks
@@ -126,29 +127,23 @@ def test_preprocessing_stops_at_the_next_instance(monkeypatch, small_scene):
 
 # ---- stages of a real (tiny) job ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def pipeline(tiny_package):
-    with ScenePipeline.from_pretrained(str(tiny_package), device="cpu", cleanup_workers=0) as pipeline:
-        yield pipeline
-
-
-def test_export_stops_between_files_and_presents_no_scene(monkeypatch, pipeline, inputs, tmp_path):
+def test_export_stops_between_files_and_presents_no_scene(monkeypatch, pipeline, small_inputs, tmp_path):
     tracker, cancel = tracker_with_event()
     spy = CancelAfter(results.write_instance_glb, 1, cancel)
     monkeypatch.setattr(results, "write_instance_glb", spy)
     with pytest.raises(Cancelled):
-        run_generate(pipeline, tmp_path, FAST, inputs, tracker)
+        run_generate(pipeline, tmp_path, FAST, small_inputs, tracker)
     assert spy.calls == 1 and len(list(tmp_path.glob("instance_*.glb"))) == 1
     assert not (tmp_path / SCENE_JSON).exists() and not (tmp_path / "scene.glb").exists()
     assert tracker.stage == "export" and not tracker.done
 
 
 @pytest.mark.parametrize("piece", ["render", "move", "encode"])
-def test_refine_stops_at_the_next_check(monkeypatch, pipeline, parent, inputs, piece):
+def test_refine_stops_at_the_next_check(monkeypatch, pipeline, generated_scene, small_inputs, piece):
     """The cancel comes from inside the refine's own work (the edit's render, moving voxels, the SS encoder): the
     refine stops there, before stage 1."""
     tracker, cancel = tracker_with_event()
-    parent_scene = ParentScene(parent, results.read_manifest(parent))
+    parent_scene = ParentScene(generated_scene, results.read_manifest(generated_scene))
     shift = np.array([[1, 0, 0, 4 / 64], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
     edit = check_edit(parent_scene, {4: shift.tolist()}, [], 0.5 if piece != "encode" else 0.0, 3)
     encoder = pipeline.models.get("sparse_structure_encoder")
@@ -165,7 +160,7 @@ def test_refine_stops_at_the_next_check(monkeypatch, pipeline, parent, inputs, p
     tracker.listener = lambda update: stages.append(update.stage)
     try:
         with pytest.raises(Cancelled):
-            Refiner(pipeline).run(parent_scene, load_scene(inputs["image"], inputs["labels"]), edit,
+            Refiner(pipeline).run(parent_scene, load_scene(small_inputs["image"], small_inputs["labels"]), edit,
                                   GenerationRequest(steps=2, slat_steps=2, scene_box=parent_scene.frame), tracker)
     finally:
         if handle is not None:
@@ -186,12 +181,12 @@ def wait_for(service: JobService, job_id: str, states, timeout: float = 120.0) -
     raise AssertionError(f"job {job_id} did not reach {states}: {service.status(job_id)}")
 
 
-def test_the_service_learns_stage_costs_and_predicts_the_next_job(monkeypatch, tiny_package, small_scene, tmp_path):
+def test_the_service_learns_stage_costs_and_predicts_the_next_job(monkeypatch, tiny_package, small_inputs, tmp_path):
     service = JobService(ServiceSettings(model=str(tiny_package), data_dir=tmp_path, device="cpu"))
     service.start()
     try:
-        inputs = {"image": small_scene[0], "labels": small_scene[1]}
-        first = service.submit("generate", dict(FAST), inputs)
+        inputs = small_inputs
+        first = service.submit("generate", {**FAST, "labels": [4]}, inputs)  # one object is enough to learn from
         wait_for(service, first.id, (SUCCEEDED,))
         devices = json.loads((tmp_path / COSTS_FILE).read_text())["devices"]
         (key, kinds), = devices.items()

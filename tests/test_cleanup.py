@@ -11,11 +11,11 @@ from pathlib import Path
 import fast_simplification
 import numpy as np
 import pytest
+from test_geometry_export import merge, uv_sphere
+
 from iscene_server.engine.cleanup import CleanupPool, CleanupTask, clean_mesh
 from iscene_server.errors import Cancelled, ISceneError
 from iscene_server.geometry.postprocess import ColoredMesh, decimate, postprocess, vertex_components
-
-from test_geometry_export import merge, uv_sphere
 
 
 def flood_fill_components(faces: np.ndarray, vertex_count: int) -> np.ndarray:

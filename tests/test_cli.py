@@ -12,6 +12,8 @@ import numpy as np
 from conftest import without_transformers
 from PIL import Image
 
+from iscene_server.geometry.glb_reader import read_accessor, read_glb
+
 EXAMPLES = Path(__file__).parents[1] / "examples"
 
 
@@ -20,18 +22,59 @@ def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
                           timeout=600, env={**os.environ, **(env or {})})
 
 
+README = Path(__file__).parents[1] / "README.md"
+DEMO_PATHS = ("models/tiny", "results/demo")  # the only words of the README's command the test changes
+
+
+def readme_demo_commands() -> list[list[str]]:
+    """The ``iscene-server`` commands of the README's set-up line, exactly as written there."""
+    line = next(line for line in README.read_text().splitlines() if "iscene-server generate" in line)
+    commands = [part.split() for part in line.strip().split("&&")]
+    return [command[1:] for command in commands if command[0] == "iscene-server"]
+
+
+def meshes_of(glb: bytes) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(label, positions, colours, indices) of every node of a GLB, in node order."""
+    gltf, binary = read_glb(glb)
+    meshes = []
+    for node in gltf["nodes"]:
+        primitive = gltf["meshes"][node["mesh"]]["primitives"][0]
+        meshes.append((node["extras"]["label"],
+                       *(read_accessor(gltf, binary, primitive["attributes"][key]) for key in ("POSITION", "COLOR_0")),
+                       read_accessor(gltf, binary, primitive["indices"])))
+    return meshes
+
+
 def test_readme_demo_on_the_example_render(tmp_path):
-    package = tmp_path / "tiny"
-    assert cli("make-tiny-package", str(package)).returncode == 0
-    assert (package / "sam" / "config.json").is_file()  # the tiny SAM, for segmentation
-    proc = cli("generate", "--model", str(package), "--image", str(EXAMPLES / "living_room.png"),
-               "--labels", str(EXAMPLES / "living_room_labels.png"), "--out", str(tmp_path / "out"),
-               "--stage", "1", "--steps", "2")
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads((tmp_path / "out" / "scene.json").read_text())
-    assert [i["label"] for i in summary["instances"]] == [1, 2, 3, 4, 5]
-    assert summary["models"]["model_name"] == "IScene-tiny"
-    assert all(i["voxels"] > 0 for i in summary["instances"])
+    """The README's set-up command, as written (the model and output folders moved into the test's folder),
+    writes every file the README's Outputs table promises."""
+    package, out = tmp_path / "tiny", tmp_path / "demo"
+    commands = readme_demo_commands()
+    assert [command[0] for command in commands] == ["make-tiny-package", "generate"]
+    for command in commands:
+        args = [{"models/tiny": str(package), "results/demo": str(out)}.get(arg, arg) for arg in command]
+        assert args != command, f"the README's {command[0]} no longer writes into {' or '.join(DEMO_PATHS)}"
+        proc = subprocess.run([sys.executable, "-m", "iscene_server.cli", *args], capture_output=True, text=True,
+                              timeout=900, cwd=README.parent)
+        assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "scene.json").read_text())
+    labels = [entry["label"] for entry in manifest["instances"]]
+    assert labels == [1, 2, 3, 4, 5] and manifest["models"]["model_name"] == "IScene-tiny"
+    assert manifest["camera"] and manifest["frame"]["crop_box"]
+    with np.load(out / "structure.npz") as structure:
+        for entry in manifest["instances"]:
+            coords = structure[f"coords_{entry['label']}"]
+            assert coords.dtype == np.int16 and coords.shape == (entry["voxels"], 3) and entry["voxels"] > 0
+            assert coords.min() >= 0 and coords.max() < 64
+    whole_scene = meshes_of((out / "scene.glb").read_bytes())
+    assert [mesh[0] for mesh in whole_scene] == labels
+    for entry, in_scene in zip(manifest["instances"], whole_scene, strict=True):
+        assert entry["file"] == f"instance_{entry['label']}.glb"
+        (label, positions, colours, indices), = meshes_of((out / entry["file"]).read_bytes())
+        assert label == entry["label"] and len(indices) == 3 * entry["faces"] > 0
+        assert len(positions) == len(colours) == entry["vertices"]
+        for ours, theirs in zip((positions, colours, indices), in_scene[1:], strict=True):
+            assert np.array_equal(ours, theirs), f"scene.glb holds instance {label}'s geometry byte for byte"
 
 
 def _assert_clear_error(proc: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+
 from iscene_server.engine.eta import (
     COSTS_FILE,
     DEFAULT_SECONDS_PER_UNIT,

@@ -1,19 +1,28 @@
 """Fault injection on a real job service with the tiny model: a full or read-only disk at each write of the
 store and the results writer, damaged stored params, and kill -9 mid-job with a restart. After each: no lost
-finished job, no stuck queue, and a server that works once the fault is gone."""
+finished job, no stuck queue, and a server that works once the fault is gone. Then the states clients see of
+a job past the time limit (on a fake clock, no sleeping on real time), a model package that cannot be loaded,
+and the model still loading."""
 
 from __future__ import annotations
 
 import errno
 import json
 import random
+import shutil
+import threading
 import time
 
 import pytest
 from conftest import FAST
+from fastapi.testclient import TestClient
 from faults import FaultyDisk
+from server_process import ServerProcess, multipart
+
+from iscene_server.api.app import create_app
+from iscene_server.engine.pipeline import ScenePipeline
+from iscene_server.jobs import service as service_module
 from iscene_server.jobs.service import JobService, ServiceSettings
-from server_process import ServerProcess
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -29,8 +38,8 @@ def service(tiny_package, tmp_path):
 
 
 def wait(svc: JobService, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    deadline = time.monotonic() + timeout  # a deadline on the wait, not an assertion on how long anything took
+    while time.monotonic() < deadline:
         status = svc.status(job_id)
         if status["state"] in FINAL:
             return status
@@ -126,7 +135,7 @@ def test_kill_9_mid_job_then_restart(tiny_package, tmp_path, small_scene):
     server = ServerProcess(tiny_package, data).start()
     rng = random.Random(12)
     try:
-        status, done = server.submit(*small_scene, FAST)
+        _, done = server.submit(*small_scene, FAST)
         assert server.wait(done["job_id"])["state"] == "succeeded"
         for _ in range(2):
             _, victim = server.submit(*small_scene, {**FAST, "steps": 6})
@@ -141,3 +150,101 @@ def test_kill_9_mid_job_then_restart(tiny_package, tmp_path, small_scene):
         assert code == 200
     finally:
         server.stop()
+
+
+# --- the time limit, a model that cannot load, the loading state (what clients see of each) -----------------
+class JumpingClock:
+    """A clock that stands still, except for one jump of ``by`` seconds at its ``at``-th reading."""
+
+    def __init__(self, at: int, by: float):
+        self.now, self.reads, self.at, self.by = 1000.0, 0, at, by
+
+    def __call__(self) -> float:
+        self.reads += 1
+        if self.reads == self.at:
+            self.now += self.by
+        return self.now
+
+
+def settings(model, tmp_path, **changes) -> ServiceSettings:
+    return ServiceSettings(model=str(model), data_dir=tmp_path / "data", device="cpu", max_age_days=None,
+                           max_store_gb=None, **changes)
+
+
+def submit_body(inputs: dict[str, bytes], params: str = "{}") -> tuple[bytes, dict]:
+    files = {"image": ("image.png", inputs["image"]), "labels": ("labels.png", inputs["labels"])}
+    body, content_type = multipart(files, {"params": params})
+    return body, {"Content-Type": content_type}
+
+
+def test_a_job_past_the_time_limit_fails_with_timeout_and_the_next_one_gets_its_own_time(tiny_package, tmp_path,
+                                                                                          small_inputs):
+    clock = JumpingClock(at=6, by=61.0)  # the sixth reading falls a minute into stage 1 of the first job
+    svc = JobService(settings(tiny_package, tmp_path, job_timeout_s=60, clock=clock))
+    svc.start()
+    try:
+        late = svc.submit("generate", {**FAST, "steps": 10}, small_inputs)
+        failed = wait(svc, late.id)
+        assert failed["state"] == "failed" and failed["error"]["code"] == "timeout", failed
+        assert "limit of 60 s" in failed["error"]["message"] and "--job-timeout" in failed["error"]["hint"]
+        assert not (svc.store.folder(late.id) / "scene.json").exists(), "a timed-out job leaves no results"
+        on_time = svc.submit("generate", dict(FAST), small_inputs)
+        assert wait(svc, on_time.id)["state"] == "succeeded"  # the clock stood still through the whole job
+    finally:
+        svc.stop()
+
+
+@pytest.fixture
+def broken_package(tiny_package, tmp_path):
+    """The tiny package with one of its base model's checkpoints truncated."""
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_package, broken)
+    weights = next((broken / "trellis-image-tiny" / "ckpts").glob("slat_flow_*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:100])
+    return broken
+
+
+def test_a_model_that_cannot_load_is_health_error_and_generate_503(broken_package, tmp_path, small_inputs):
+    svc = JobService(settings(broken_package, tmp_path))
+    with TestClient(create_app(svc)) as client:
+        deadline = time.monotonic() + 60
+        while (health := client.get("/v1/health").json())["state"] == "loading" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert health["state"] == "error" and health["error"]["code"] == "model_package", health
+        assert health["message"] == health["error"]["message"] and health["error"]["hint"]
+        body, headers = submit_body(small_inputs)
+        response = client.post("/v1/jobs", content=body, headers=headers)
+        assert response.status_code == 503, response.text
+        error = response.json()["error"]
+        assert error["code"] == "unavailable" and "could not be loaded" in error["message"] and error["hint"]
+        assert svc.store.list() == [], "no job is queued on a model that cannot run it"
+
+
+def test_loading_is_visible_in_health_and_jobs_wait_for_the_model(tiny_package, tmp_path, small_inputs, monkeypatch):
+    release, opening = threading.Event(), threading.Event()
+
+    class HeldPipeline:
+        """Opens the real pipeline once the test releases it."""
+
+        @staticmethod
+        def from_pretrained(*args, **kwargs):
+            opening.set()
+            assert release.wait(60)
+            return ScenePipeline.from_pretrained(*args, **kwargs)
+
+    monkeypatch.setattr(service_module, "ScenePipeline", HeldPipeline)
+    svc = JobService(settings(tiny_package, tmp_path))
+    with TestClient(create_app(svc)) as client:
+        assert opening.wait(60)
+        health = client.get("/v1/health").json()
+        assert health["state"] == "loading" and health["models"] is None and health["error"] is None
+        assert str(tiny_package) in health["message"]
+        body, headers = submit_body(small_inputs, '{"steps": 2, "slat_steps": 2, "detail": "low"}')
+        response = client.post("/v1/jobs", content=body, headers=headers)
+        assert response.status_code == 202, response.text
+        job_id = response.json()["job_id"]
+        assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
+        release.set()
+        assert wait(svc, job_id)["state"] == "succeeded"
+        health = client.get("/v1/health").json()
+        assert health["state"] == "ready" and health["models"]["model_name"] == "IScene-tiny"

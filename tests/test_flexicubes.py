@@ -8,6 +8,10 @@ import weakref
 import pytest
 import torch
 from conftest import PARITY
+from safetensors.torch import load_file
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
 from iscene_server.geometry.flexicubes import ExtractedMesh, extract, extract_mesh
 from iscene_server.geometry.flexicubes.tables import (
     CHECK_TABLE,
@@ -16,9 +20,6 @@ from iscene_server.geometry.flexicubes.tables import (
     EDGE_CORNERS,
     NUM_VD_TABLE,
 )
-from safetensors.torch import load_file
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 CORNERS = [(0, 0, 0), (1, 0, 0), (0, 1, 0), (1, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 1), (1, 1, 1)]
 EDGES = [(0, 1), (1, 5), (4, 5), (0, 4), (2, 3), (3, 7), (6, 7), (2, 6), (2, 0), (3, 1), (7, 5), (6, 4)]
@@ -68,7 +69,7 @@ def _corner_face_edges(corner: int, normal: tuple[int, int, int]) -> list[int]:
 def _is_ambiguous(case: int, normal: tuple[int, int, int]) -> bool:
     """A face whose two inside corners are diagonal (a checkerboard)."""
     inside = [k for k in FACES[normal] if _inside(case)[k]]
-    return len(inside) == 2 and sum(p != q for p, q in zip(CORNERS[inside[0]], CORNERS[inside[1]])) == 2
+    return len(inside) == 2 and sum(p != q for p, q in zip(CORNERS[inside[0]], CORNERS[inside[1]], strict=True)) == 2
 
 
 def _ambiguous_faces(case: int) -> list[tuple[int, int, int]]:
@@ -88,12 +89,12 @@ def _face_connected(group: frozenset[int]) -> bool:
 
 
 def test_cube_conventions():
-    assert CORNER_OFFSETS == tuple(CORNERS)
-    assert EDGE_CORNERS == tuple(EDGES)
+    assert tuple(CORNERS) == CORNER_OFFSETS
+    assert tuple(EDGES) == EDGE_CORNERS
     for k, (x, y, z) in enumerate(CORNERS):
         assert k == x + 2 * y + 4 * z
     for a, b in EDGES:
-        step = [q - p for p, q in zip(CORNERS[a], CORNERS[b])]
+        step = [q - p for p, q in zip(CORNERS[a], CORNERS[b], strict=True)]
         assert step in ([1, 0, 0], [0, -1, 0], [0, 0, 1])
 
 
@@ -322,7 +323,7 @@ def case_spy(monkeypatch) -> list[dict[int, int]]:
     original = extract._dual_vertices
 
     def record(surface, cases, *args):
-        seen.append(dict(zip(surface.keys.tolist(), cases.tolist())))
+        seen.append(dict(zip(surface.keys.tolist(), cases.tolist(), strict=True)))
         return original(surface, cases, *args)
 
     monkeypatch.setattr(extract, "_dual_vertices", record)

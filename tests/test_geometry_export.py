@@ -14,18 +14,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from iscene_server.geometry import export, postprocess
-from iscene_server.geometry.export import (
-    S_TO_GLTF,
+
+from iscene_server.geometry import postprocess
+from iscene_server.geometry.colour import linear_to_srgb, srgb_to_linear
+from iscene_server.geometry.glb_reader import read_glb as read_glb_bytes
+from iscene_server.geometry.glb_reader import read_instance_mesh
+from iscene_server.geometry.glb_writer import (
     ExportInstance,
-    GaussianParams,
-    matrix_to_quaternion,
-    quaternion_to_matrix,
-    srgb_to_linear,
-    write_gaussian_ply,
+    GlbBuilder,
+    glb_bytes,
+    merge_glb,
     write_instance_glb,
     write_scene_glb,
 )
+from iscene_server.geometry.gltf import S_TO_GLTF
+from iscene_server.geometry.ply import PLY_PROPERTIES, S_TO_PLY, GaussianCloud, write_gaussian_ply
 from iscene_server.geometry.postprocess import (
     ColoredMesh,
     bounds_and_origin,
@@ -33,6 +36,7 @@ from iscene_server.geometry.postprocess import (
     remove_floaters,
     vertex_components,
 )
+from iscene_server.geometry.rotations import matrix_to_quaternion, quaternion_to_matrix
 
 MODELS = {"iscene": "LuLing/IScene", "trellis": "microsoft/TRELLIS-image-large"}
 
@@ -68,7 +72,7 @@ def position_colours(vertices: np.ndarray) -> np.ndarray:
 def merge(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     offsets = np.cumsum([0] + [len(v) for v, _ in parts])
     return (np.concatenate([v for v, _ in parts]),
-            np.concatenate([f + o for (_, f), o in zip(parts, offsets)]))
+            np.concatenate([f + o for (_, f), o in zip(parts, offsets[:-1], strict=True)]))
 
 
 def two_coloured_sphere(rings=60, segments=80) -> ColoredMesh:
@@ -218,8 +222,23 @@ def small_meshes() -> dict[int, ColoredMesh]:
     return meshes
 
 
+# sRGB code values and their linear values (IEC 61966-2-1), computed independently of the code under test
+SRGB_KNOWN = [(0.0, 0.0), (0.04045, 0.0031308), (0.2, 0.0331048), (0.5, 0.2140411), (0.8, 0.6038273),
+              (1.0, 1.0)]
+
+
+def test_srgb_transfer_matches_known_values_both_ways():
+    encoded, linear = np.array(SRGB_KNOWN).T
+    np.testing.assert_allclose(srgb_to_linear(encoded), linear, atol=2e-7)
+    np.testing.assert_allclose(linear_to_srgb(linear), encoded, atol=2e-6)
+    np.testing.assert_allclose(srgb_to_linear([-0.5, 1.5]), [0.0, 1.0])  # out-of-range colours are clipped
+
+
 def test_instance_glb_reloads_with_trimesh(tmp_path, small_meshes):
-    mesh = small_meshes[5]
+    encoded, linear = np.array(SRGB_KNOWN).T
+    base = small_meshes[5]
+    pattern = np.arange(base.vertex_count * 3).reshape(-1, 3) % len(SRGB_KNOWN)  # [V, 3] rows of the table
+    mesh = ColoredMesh(base.vertices, base.faces, encoded[pattern])
     path = write_instance_glb(tmp_path / "instance_5.glb", mesh, label=5, seed=42, model_ids=MODELS,
                               extras={"frame": "S"})
 
@@ -233,7 +252,7 @@ def test_instance_glb_reloads_with_trimesh(tmp_path, small_meshes):
     assert material["doubleSided"] and material["pbrMetallicRoughness"]["metallicFactor"] == 0
     assert "textures" not in gltf and "extensionsUsed" not in gltf
     colour = accessor_array(gltf, binary, primitive["attributes"]["COLOR_0"])
-    assert np.allclose(colour, srgb_to_linear(mesh.colors), atol=1e-6)
+    np.testing.assert_allclose(colour, linear[pattern], atol=1e-6)  # glTF vertex colours are linear
 
     scene = trimesh.load(path, process=False)
     (geometry,) = scene.geometry.values()
@@ -246,8 +265,6 @@ def test_instance_glb_reloads_with_trimesh(tmp_path, small_meshes):
 
 
 def test_instance_glb_reads_back_into_the_scene_frame(tmp_path, small_meshes):
-    from iscene_server.geometry.export import read_instance_mesh
-
     mesh = small_meshes[12]
     path = write_instance_glb(tmp_path / "m.glb", mesh, label=12, seed=1, model_ids=MODELS)
     back = read_instance_mesh(path.read_bytes())
@@ -282,7 +299,7 @@ def test_scene_glb_has_one_node_per_instance(tmp_path, small_meshes):
     assert all(set(n) == {"name", "mesh", "extras"} for n in gltf["nodes"])
     assert [n["extras"]["seed"] for n in gltf["nodes"]] == [105, 112]
 
-    for node, instance in zip(gltf["nodes"], instances):
+    for node, instance in zip(gltf["nodes"], instances, strict=True):
         single, single_bin = read_glb(write_instance_glb(
             tmp_path / f"{node['name']}.glb", instance.mesh, label=instance.label, seed=instance.seed,
             model_ids=MODELS))
@@ -294,6 +311,24 @@ def test_scene_glb_has_one_node_per_instance(tmp_path, small_meshes):
     assert len(gltf["materials"]) == 1  # the identical materials are merged
     with pytest.raises(ValueError, match="duplicate"):
         write_scene_glb(tmp_path / "bad.glb", files + files[:1])
+
+
+def test_glb_builder_aligns_each_appended_binary_on_four_bytes():
+    builder = GlbBuilder()
+    assert [builder.append_binary(data) for data in (b"abc", b"defgh", b"", b"ij")] == [0, 4, 12, 12]
+    _, binary = read_glb_bytes(builder.to_bytes())
+    assert binary == b"abc\0defgh\0\0\0ij\0\0"
+
+
+def test_merged_scene_keeps_each_part_binary_byte_for_byte(small_meshes):
+    parts = [ExportInstance(mesh, label, 1, MODELS) for label, mesh in small_meshes.items()]
+    singles = [glb_bytes([part]) for part in parts]
+    merged, merged_binary = read_glb_bytes(merge_glb(singles))
+    for index, single in enumerate(singles):
+        document, binary = read_glb_bytes(single)
+        first_view = index * len(document["bufferViews"])
+        start = merged["bufferViews"][first_view]["byteOffset"]
+        assert start % 4 == 0 and merged_binary[start:start + len(binary)] == binary
 
 
 BLENDER_SCRIPT = textwrap.dedent("""
@@ -371,7 +406,7 @@ def read_ply(path: Path) -> tuple[list[str], np.ndarray]:
 def test_gaussian_ply_layout_values_and_transform(tmp_path):
     rng = np.random.default_rng(2)
     count = 64
-    gaussians = GaussianParams(
+    gaussians = GaussianCloud(
         xyz=rng.uniform(-0.5, 0.5, (count, 3)), features_dc=rng.standard_normal((count, 1, 3)),
         opacity=rng.uniform(0.01, 0.99, count), scaling=rng.uniform(1e-3, 0.05, (count, 3)),
         rotation=random_rotations(count, rng))
@@ -379,7 +414,7 @@ def test_gaussian_ply_layout_values_and_transform(tmp_path):
 
     assert header[:3] == ["ply", "format binary_little_endian 1.0", f"element vertex {count}"]
     assert header[-1] == "end_header"
-    assert header[3:-1] == [f"property float {n}" for n in export.PLY_PROPERTIES]
+    assert header[3:-1] == [f"property float {n}" for n in PLY_PROPERTIES]
     assert len(rows) == count
     column = lambda *names: np.stack([rows[n] for n in names], 1).astype(np.float64)  # noqa: E731
     x, y, z = gaussians.xyz.T
@@ -390,7 +425,7 @@ def test_gaussian_ply_layout_values_and_transform(tmp_path):
     assert np.allclose(np.exp(column("scale_0", "scale_1", "scale_2")), gaussians.scaling, rtol=1e-5)
     rotation = column("rot_0", "rot_1", "rot_2", "rot_3")
     assert np.allclose(np.linalg.norm(rotation, axis=1), 1, atol=1e-6)
-    turned = export.S_TO_PLY @ quaternion_to_matrix(gaussians.rotation)
+    turned = S_TO_PLY @ quaternion_to_matrix(gaussians.rotation)
     assert np.allclose(quaternion_to_matrix(rotation), turned, atol=1e-5)
 
     _, untouched = read_ply(write_gaussian_ply(tmp_path / "s.ply", gaussians, transform=None))
@@ -400,4 +435,4 @@ def test_gaussian_ply_layout_values_and_transform(tmp_path):
 def test_glb_and_ply_frames_differ_as_documented():
     p = np.array([0.1, 0.2, 0.3])
     assert np.allclose(S_TO_GLTF @ p, [0.1, 0.3, -0.2])
-    assert np.allclose(export.S_TO_PLY @ p, [0.1, -0.3, 0.2])
+    assert np.allclose(S_TO_PLY @ p, [0.1, -0.3, 0.2])

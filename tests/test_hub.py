@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import yaml
 from hub_server import Hub, Repo, read_tree
+from server_process import ServerProcess, refusing_url
+
 from iscene_server.engine.packages.source import PackageSource, pinned
-from iscene_server.engine.packages.tiny import RELEASE_SIZES
 from iscene_server.errors import ModelPackageError
-from server_process import ServerProcess, free_port
+from iscene_server.tiny.package import RELEASE_SIZES
 
 ISCENE, BASE, INCOMPLETE, SAM = "tiny/IScene", "tiny/TRELLIS-image-tiny", "tiny/IScene-incomplete", "tiny/sam"
 BASE_STEMS = ["ckpts/ss_dec_conv3d_16l8_fp16", "ckpts/ss_enc_conv3d_16l8_fp16", "ckpts/slat_flow_img_dit_L_64l8p2_fp16",
@@ -91,12 +92,13 @@ def assert_clear_error(proc: subprocess.CompletedProcess, *fragments: str) -> No
 @pytest.fixture(scope="module", autouse=True)
 def unreachable_hub_download(tmp_path_factory):
     """A download from a hub that refuses connections, started at once: its retries wait while the others run."""
-    proc = subprocess.Popen(command("download", "--model", ISCENE), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=environment(tmp_path_factory.mktemp("offline-home"),
-                                                       f"http://127.0.0.1:{free_port()}"))
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
+    with refusing_url() as unreachable:
+        proc = subprocess.Popen(command("download", "--model", ISCENE), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True,
+                                env=environment(tmp_path_factory.mktemp("offline-home"), unreachable))
+        yield proc
+        if proc.poll() is None:
+            proc.kill()
         proc.communicate()
 
 
@@ -138,8 +140,8 @@ def test_generate_by_repo_id_reads_the_cache_converts_once_and_runs_offline(hub,
     converted = {name: (snapshot / f"{name}.safetensors").stat().st_mtime_ns
                  for name in ("iscene_denoiser", "iscene_image_conditioner")}
     assert not any((snapshot / f"{name}.safetensors").is_symlink() for name in converted)
-    unreachable = f"http://127.0.0.1:{free_port()}"
-    second = cli(*generate, "--out", str(tmp_path / "b"), home=home, endpoint=unreachable, HF_HUB_OFFLINE="1")
+    with refusing_url() as unreachable:
+        second = cli(*generate, "--out", str(tmp_path / "b"), home=home, endpoint=unreachable, HF_HUB_OFFLINE="1")
     assert second.returncode == 0, second.stderr
     assert json.loads((tmp_path / "b" / "scene.json").read_text())["instances"] == summary["instances"]
     assert {name: (snapshot / f"{name}.safetensors").stat().st_mtime_ns for name in converted} == converted
@@ -214,12 +216,13 @@ def test_serve_by_repo_id_at_a_pinned_revision_runs_offline_from_the_cache(hub, 
     fetched = cli("download", "--model", ISCENE, "--revision", old, home=tmp_path, endpoint=hub.url)
     assert fetched.returncode == 0, fetched.stderr
     hub.clear_log()
-    offline = environment(tmp_path, f"http://127.0.0.1:{free_port()}", HF_HUB_OFFLINE="1")
-    server = ServerProcess(ISCENE, tmp_path / "jobs", "--revision", old, env=offline)
-    try:
-        health = server.start().get("/v1/health")
-    finally:
-        server.stop()
+    with refusing_url() as unreachable:
+        server = ServerProcess(ISCENE, tmp_path / "jobs", "--revision", old,
+                               env=environment(tmp_path, unreachable, HF_HUB_OFFLINE="1"))
+        try:
+            health = server.start().get("/v1/health")
+        finally:
+            server.stop()
     assert health["models"] == {"iscene": f"{ISCENE}@{old}", "trellis": BASE,
                                 "model_name": "IScene-tiny-v1"}
     assert hub.log == []

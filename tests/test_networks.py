@@ -7,13 +7,14 @@ import json
 import pytest
 import torch
 from conftest import FIXTURES, PARITY
+from safetensors.torch import load_file
+
 from iscene_server.nn import attention as attn
 from iscene_server.nn.dinov2 import DinoVisionTransformer
 from iscene_server.nn.embeddings import grid_coordinates, sincos_position_embedding
 from iscene_server.nn.precision import TorsoPrecision
 from iscene_server.nn.registry import build_network
 from iscene_server.nn.ss_sc_flow import SlotLayout
-from safetensors.torch import load_file
 
 MANIFESTS = {
     "ss_dec_conv3d_16l8_fp16": "SparseStructureDecoder",

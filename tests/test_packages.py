@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -10,14 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import FIXTURES, fake_hub_repo
+from safetensors.torch import load_file, save_file
+
 from iscene_server.engine.packages import checkpoints
 from iscene_server.engine.packages.layouts import PACKAGE_ROLES as ROLES
 from iscene_server.engine.packages.layouts import IScenePackage, TrellisPackage
 from iscene_server.engine.packages.loader import ModelSet, build_from_spec
 from iscene_server.engine.packages.source import PackageSource
-from iscene_server.engine.packages.tiny import RELEASE_SIZES
 from iscene_server.errors import ModelPackageError
-from safetensors.torch import load_file, save_file
+from iscene_server.tiny.package import RELEASE_SIZES
 
 
 @pytest.fixture
@@ -84,7 +86,8 @@ def test_trellis_layout_opens_on_its_own(tiny_package):
 def test_iscene_overrides_the_base_sampler_settings(tiny_package):
     package = IScenePackage.open(str(tiny_package))
     settings = package.sampler("sparse_structure_sampler", steps=7, cfg_strength=None)
-    assert (settings.steps, settings.cfg_strength, settings.cfg_interval, settings.rescale_t) == (7, 3.0, (0.5, 1.0), 3.0)
+    chosen = (settings.steps, settings.cfg_strength, settings.cfg_interval, settings.rescale_t)
+    assert chosen == (7, 3.0, (0.5, 1.0), 3.0)
 
 
 def _edit_checkpoint(path: Path, edit) -> None:
@@ -121,6 +124,23 @@ def test_pt_checkpoint_is_cached_as_safetensors_beside_it(package_copy):
     torch.save({k: v + 1 if v.is_floating_point() else v for k, v in state.items()}, pt)
     checkpoints.safetensors_for(pt)  # the source changed: the copy is rewritten
     torch.testing.assert_close(load_file(str(cached))["out_layer.bias"], state["out_layer.bias"] + 1)
+
+
+def test_pt_copy_is_rewritten_when_a_same_sized_source_keeps_its_mtime(package_copy):
+    """A re-downloaded or ``cp -p``-copied checkpoint of the same architecture: same size, and the very same
+    mtime (to the nanosecond); the copy must follow the new weights, not the stale ones."""
+    pt = package_copy / "ckpts/iscene_denoiser.pt"
+    cached = pt.with_suffix(".safetensors")
+    cached.unlink(missing_ok=True)
+    checkpoints.safetensors_for(pt)
+    before = pt.stat()
+    state = torch.load(pt, weights_only=True)
+    torch.save({k: -v if v.is_floating_point() else v for k, v in state.items()}, pt)
+    os.utime(pt, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = pt.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert checkpoints.safetensors_for(pt) == cached
+    torch.testing.assert_close(load_file(str(cached))["out_layer.bias"], -state["out_layer.bias"])
 
 
 def test_pt_cache_falls_back_to_the_user_cache_when_the_package_is_read_only(package_copy, tmp_path, monkeypatch):
@@ -170,7 +190,7 @@ def test_incomplete_package_names_the_missing_file(package_copy):
     (package_copy / "ckpts/iscene_denoiser.pt").unlink()
     (package_copy / "ckpts/iscene_denoiser.safetensors").unlink(missing_ok=True)
     models = ModelSet(IScenePackage.open(str(package_copy)), torch.device("cpu"), torch.float32)
-    with pytest.raises(ModelPackageError, match="has no file ckpts/iscene_denoiser.pt"):
+    with pytest.raises(ModelPackageError, match=r"has no file ckpts/iscene_denoiser\.pt"):
         models.get("denoiser")
 
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import PARITY
-from iscene_server.parity.precision import NETWORK_ROUNDOFFS, SAMPLER_ROUNDOFFS, UNIT_ROUNDOFF
 from safetensors.torch import load_file, save_file
+
+from iscene_server.parity.precision import NETWORK_ROUNDOFFS, SAMPLER_ROUNDOFFS, UNIT_ROUNDOFF
 
 STAGE1_CASES = {"dinov2", "imgcond9", "ss_flow", "ss_flow_p2", "ss_sc_flow", "ss_sc_flow_global", "ss_decoder",
                 "ss_encoder", "sampler", "sampler_sc", "sampler_sc_global", "preprocess"}
@@ -27,12 +28,12 @@ def run_parity(*args: Path | str) -> subprocess.CompletedProcess:
 def test_every_vector_passes_through_the_cli():
     files = sorted(PARITY.glob("*.safetensors"))
     cases = {json.loads(f.with_suffix(".json").read_text())["case"] for f in files}
-    assert STAGE1_CASES <= cases, f"fixtures lack {STAGE1_CASES - cases}"
+    assert cases >= STAGE1_CASES, f"fixtures lack {STAGE1_CASES - cases}"
     proc = run_parity(*files)
     lines = proc.stdout.strip().splitlines()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert len(lines) == len(files)
-    for line, path in zip(lines, files):
+    for line, path in zip(lines, files, strict=True):
         assert line.startswith("PASS "), line
         assert str(path) in line and "max_abs=" in line and "max_rel=" in line
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
+from safetensors.numpy import load_file
+
 from iscene_server.engine.preprocess import (
     SLOT_SIZE,
     build_slots,
@@ -23,8 +26,6 @@ from iscene_server.engine.preprocess import (
     to_rgb,
 )
 from iscene_server.errors import InputError
-from PIL import Image
-from safetensors.numpy import load_file
 
 PARITY = Path(__file__).parent / "fixtures" / "parity" / "preprocess.safetensors"
 
@@ -183,7 +184,7 @@ def test_image_with_nearly_the_same_aspect_is_accepted():
 
 
 def test_error_corrupt_bytes():
-    with pytest.raises(InputError, match="image data .* is not a readable image"):
+    with pytest.raises(InputError, match=r"image data .* is not a readable image"):
         open_image(b"definitely not an image", what="image")
 
 
@@ -197,7 +198,7 @@ def test_error_truncated_png():
 
 def test_error_missing_file(tmp_path):
     missing = tmp_path / "labels.png"
-    with pytest.raises(InputError, match="label map file .*labels.png' does not exist"):
+    with pytest.raises(InputError, match=r"label map file .*labels\.png' does not exist"):
         load_scene(png_bytes(simple_scene()[0]), missing)
 
 
@@ -224,7 +225,7 @@ def test_error_photo_given_as_label_map():
 
 def test_error_different_aspect_ratio():
     rgb, ids = simple_scene(64, 48)
-    with pytest.raises(InputError, match="64×64 but the label map is 64×48.*aspect ratios differ"):
+    with pytest.raises(InputError, match=r"64×64 but the label map is 64×48.*aspect ratios differ"):
         load_scene(png_bytes(Image.fromarray(rgb).resize((64, 64))), png_bytes(ids))
 
 

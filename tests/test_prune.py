@@ -4,6 +4,7 @@ never the parent of a job still to run."""
 from __future__ import annotations
 
 import pytest
+
 from iscene_server.jobs.store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 
 DAY = 86400.0

@@ -5,17 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from iscene_server.engine.camera import Camera
-from iscene_server.engine.refine import (
-    RenderMesh,
-    occupancy_grid,
-    render_instances,
-    transform_mesh,
-    transform_voxels,
-    union,
-)
 
-GRID = 64
+from iscene_server.engine.camera import Camera
+from iscene_server.geometry.affine import transform_mesh
+from iscene_server.geometry.raster.triangles import RenderMesh, render_instances
+from iscene_server.geometry.voxels import GRID, occupancy_grid, transform_voxels, union, voxel_centres
 
 
 # --- helpers ----------------------------------------------------------------------------------------------------
@@ -34,16 +28,12 @@ def rotation(axis: str, degrees: float) -> np.ndarray:
 
 
 def box_cells(lo, hi) -> np.ndarray:
-    axes = [np.arange(a, b) for a, b in zip(lo, hi)]
+    axes = [np.arange(a, b) for a, b in zip(lo, hi, strict=True)]
     return np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3).astype(np.int16)
 
 
 def as_set(coords: np.ndarray) -> set[tuple[int, int, int]]:
     return set(map(tuple, np.asarray(coords).tolist()))
-
-
-def cell_centres(coords: np.ndarray) -> np.ndarray:
-    return (np.asarray(coords, dtype=np.float64) + 0.5) / GRID - 0.5
 
 
 def exterior_reaches(occupied_coords: np.ndarray, target: tuple[int, int, int]) -> bool:
@@ -170,7 +160,7 @@ def test_rotating_a_solid_box_keeps_volume_and_leaves_no_holes():
     assert abs(len(result.coords) / len(box) - 1.0) < 0.10
     # every cell whose centre maps back at least one cell inside the source box must be occupied
     everything = box_cells((0, 0, 0), (GRID, GRID, GRID))
-    back = (cell_centres(everything) @ np.linalg.inv(matrix)[:3, :3].T + 0.5) * GRID
+    back = (voxel_centres(everything) @ np.linalg.inv(matrix)[:3, :3].T + 0.5) * GRID
     deep = ((back > np.array([21, 25, 27])) & (back < np.array([43, 39, 37]))).all(axis=1)
     assert as_set(everything[deep]) <= as_set(result.coords)
     # and nothing lands further than one cell outside it
@@ -218,11 +208,21 @@ def test_out_of_grid_coords_are_rejected():
 def test_occupancy_grid_and_union():
     a, b = np.array([[0, 1, 2], [3, 4, 5]]), np.array([[3, 4, 5], [63, 0, 0]])
     grid = occupancy_grid(a)
-    assert grid.shape == (1, GRID, GRID, GRID) and grid.dtype == torch.float32
+    assert grid.shape == (1, GRID, GRID, GRID) and grid.dtype == np.float32
     assert grid.sum() == 2 and grid[0, 0, 1, 2] == 1 and grid[0, 3, 4, 5] == 1
     merged = union([a, b])
     assert merged.dtype == np.int16 and merged.tolist() == [[0, 1, 2], [3, 4, 5], [63, 0, 0]]
     assert union([]).shape == (0, 3)
+
+
+def test_voxel_centres_are_the_cell_centres_of_s():
+    half = 0.5 / GRID
+    coords = np.array([[0, 0, 0], [GRID - 1, GRID - 1, GRID - 1], [GRID // 2, 0, 10]])
+    expected = [[-0.5 + half] * 3, [0.5 - half] * 3, [half, -0.5 + half, -0.5 + 10 / GRID + half]]
+    np.testing.assert_allclose(voxel_centres(coords), expected, atol=1e-12)
+    on_tensor = voxel_centres(torch.from_numpy(coords).float())  # the decoders' coordinates are tensors
+    np.testing.assert_allclose(on_tensor.numpy(), expected, atol=1e-7)
+    np.testing.assert_allclose(voxel_centres(np.array([[1, 2, 3]]), grid=4), [[-0.125, 0.125, 0.375]])
 
 
 # --- raster -----------------------------------------------------------------------------------------------------
@@ -234,6 +234,25 @@ def test_orthographic_cube_covers_the_expected_square():
     assert np.array_equal(rendering.ids, expected)
     assert np.allclose(rendering.depth[30:70, 30:70], 1.5) and np.isinf(rendering.depth[expected == 0]).all()
     assert (rendering.rgb[30:70, 30:70] == [51, 102, 153]).all() and (rendering.rgb[expected == 0] == 0).all()
+
+
+def test_any_camera_with_the_projecting_interface_renders_the_same():
+    """geometry/ knows cameras only by ``image_size``, ``perspective`` and ``project``: a plain pinhole written
+    here renders exactly what the engine's Camera does."""
+    camera = oblique_camera()
+
+    class Pinhole:
+        image_size, perspective = camera.image_size, True
+
+        def project(self, points):
+            c = np.asarray(points, dtype=np.float64) @ camera.rotation.T + camera.translation
+            return c[:, :2] / c[:, 2:] * camera.focal + np.array(camera.principal), c[:, 2]
+
+    meshes = [cube_mesh(-0.3, 0.2, label=3, color=(0.9, 0.1, 0.4))]
+    ours, theirs = render_instances(meshes, camera), render_instances(meshes, Pinhole())
+    assert (ours.ids == 3).sum() > 500
+    for field in ("rgb", "ids", "depth"):
+        np.testing.assert_array_equal(getattr(ours, field), getattr(theirs, field))
 
 
 def test_orthographic_cube_matches_analytic_square_off_grid():

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
+
 from iscene_server.engine.samplers import FlowEulerSampler, Guidance, SamplerSettings, renoise, time_schedule
 from iscene_server.errors import Cancelled
 
@@ -22,7 +25,7 @@ def test_released_schedule():
 def test_partial_schedule_starts_at_t_start(t_start):
     times = time_schedule(10, 3.0, t_start)
     assert times[0] == pytest.approx(t_start) and times[-1] == 0.0
-    assert all(a > b for a, b in zip(times, times[1:]))
+    assert all(a > b for a, b in itertools.pairwise(times))
 
 
 def straight_flow(x0: torch.Tensor, noise: torch.Tensor, sigma_min: float = 1e-5):

@@ -14,18 +14,19 @@ import numpy as np
 import pytest
 import torch
 from conftest import FAST, fake_hub_repo, png, without_transformers
-from iscene_server.api.schemas import SegmentPrompts, parse_json_field
+from PIL import Image
+from server_process import ServerProcess
+
 from iscene_server.engine.preprocess import decode_label_map, load_scene, open_image
 from iscene_server.engine.progress import ProgressTracker
 from iscene_server.errors import Cancelled, InputError, ModelPackageError
+from iscene_server.jobs.json_fields import parse_json_field
 from iscene_server.jobs.runner import run_segment
 from iscene_server.segment import SEGMENT_PLAN
 from iscene_server.segment.auto import mask_nms, point_grid, stability_score
 from iscene_server.segment.labels import PALETTE, LabelAssembler, write_segmentation
 from iscene_server.segment.model import SamSegmenter, default_segment_model
-from iscene_server.segment.prompts import MAX_OBJECTS, parse_prompts
-from PIL import Image
-from server_process import ServerProcess
+from iscene_server.segment.prompts import MAX_OBJECTS, SegmentPrompts, parse_prompts
 
 SIZE = (320, 240)  # the small scene's width, height
 
@@ -256,7 +257,7 @@ def check_results(labels_png: bytes, info: dict, size=SIZE) -> np.ndarray:
         assert entry["area"] == len(xs) > 0
         assert entry["box"] == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
         assert 0 <= entry["box"][0] < entry["box"][2] <= size[0] and 0 <= entry["box"][1] < entry["box"][3] <= size[1]
-        assert entry["colour"] == PALETTE[entry["id"]].tolist() and 0 < entry["score"]
+        assert entry["colour"] == PALETTE[entry["id"]].tolist() and entry["score"] > 0
     return ids
 
 
@@ -274,8 +275,8 @@ PROMPTED = [{"box": [20, 100, 150, 220]}, {"points": [[250, 150]], "negative": [
 
 def test_prompted_segmentation_gives_one_id_per_surviving_prompt_in_prompt_order(segmenter, image, tmp_path):
     seen = []
-    ids, info = run(segmenter, tmp_path, image, prompts(objects=PROMPTED, min_area=0.0),
-                    lambda update: seen.append((update.stage, update.total)))
+    _, info = run(segmenter, tmp_path, image, prompts(objects=PROMPTED, min_area=0.0),
+                  lambda update: seen.append((update.stage, update.total)))
     assert info["mode"] == "prompts" and info["model"] == segmenter.spec
     kept = [s["prompt"] for s in info["segments"]]
     assert kept == sorted(kept) and sorted(kept + [d["prompt"] for d in info["dropped"]]) == list(range(6))
@@ -293,7 +294,7 @@ def test_batched_prompts_decode_as_each_alone(segmenter, image):
 
 
 def test_automatic_segmentation_numbers_masks_by_descending_score(segmenter, image, tmp_path):
-    ids, info = run(segmenter, tmp_path, image, prompts(auto=True, points_per_side=8, min_score=0, min_stability=0))
+    _, info = run(segmenter, tmp_path, image, prompts(auto=True, points_per_side=8, min_score=0, min_stability=0))
     scores = [s["score"] for s in info["segments"]]
     assert info["mode"] == "auto" and len(scores) >= 2 and scores == sorted(scores, reverse=True)
     assert all(s["prompt"] is None for s in info["segments"] + info["dropped"])
@@ -328,13 +329,6 @@ def test_cancellation_is_honoured_between_batches(segmenter, image, tmp_path):
 
 # --- through the server ----------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def server(tiny_package, tmp_path_factory):
-    process = ServerProcess(tiny_package, tmp_path_factory.mktemp("segment") / "data").start()
-    yield process
-    process.stop()
-
-
 def segment_and_wait(server, image: bytes, data: dict) -> str:
     status, created = server.segment(image, data)
     assert status == 202 and created["state"] == "queued" and created["parent"] is None, created
@@ -355,7 +349,8 @@ def test_segment_through_the_server(server, image):
     assert server.request("GET", f"/v1/jobs/{job}/files/segments.json")[0] == 200
     assert server.get("/v1/health")["segment"]["loaded"]
     auto = segment_and_wait(server, image, {"auto": True, "points_per_side": 4, "min_score": 0, "min_stability": 0})
-    check_results(server.request("GET", f"/v1/jobs/{auto}/files/labels.png")[2], server.get(f"/v1/jobs/{auto}/segments"))
+    check_results(server.request("GET", f"/v1/jobs/{auto}/files/labels.png")[2],
+                  server.get(f"/v1/jobs/{auto}/segments"))
     code, _, body = server.request("GET", f"/v1/jobs/{job}/scene")  # a segment job has no scene
     assert code == 409 and "/segments" in json.loads(body)["error"]["hint"]
     assert server.post_json(f"/v1/jobs/{job}/regenerate", {"labels": [1]})[0] == 409
@@ -406,7 +401,8 @@ def test_without_the_segment_extra_the_endpoint_is_501(tiny_package, tmp_path, i
     try:
         status, body = bare.segment(image, {"auto": True})
         assert status == 501 and body["error"]["code"] == "not_installed"
-        assert body["error"]["hint"] == "pip install iscene-server[segment]" and "transformers" in body["error"]["message"]
+        assert body["error"]["hint"] == "pip install iscene-server[segment]"
+        assert "transformers" in body["error"]["message"]
         assert bare.get("/v1/health")["segment"] == {"available": False, "model": str(tiny_package / "sam"),
                                                      "loaded": False}
     finally:

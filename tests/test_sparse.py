@@ -5,9 +5,12 @@ The convolution has its own file, ``test_sparse_conv.py``.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 import torch.nn.functional as F
+
 from iscene_server.nn import attention as dense_attention
 from iscene_server.nn.slat_mesh_decoder import SparseSiLU
 from iscene_server.nn.sparse import (
@@ -92,18 +95,26 @@ def test_segmented_attention_equals_attention_per_segment(backend):
         start += n
 
 
+def window_keys(coords: torch.Tensor, window: int, shift: int) -> list[tuple[int, ...]]:
+    """The spec's window id of every token, ``(batch, floor((x+s)/w), floor((y+s)/w), floor((z+s)/w))``,
+    computed in plain Python."""
+    return [(b, *((c + shift) // window for c in xyz)) for b, *xyz in coords.tolist()]
+
+
 @pytest.mark.parametrize("shift", [0, 4])
-def test_windows_group_voxels_of_one_item_and_one_shifted_window(shift):
+def test_windows_are_exactly_the_distinct_window_ids(shift):
     x = random_voxels(2, 300, 20, seed=5)
     segments = window_segments(x, 8, shift)
-    assert sum(segments.lengths) == len(x.coords) and max(segments.lengths) <= 512
-    ordered = x.coords[segments.order].long()
-    start = 0
+    keys = window_keys(x.coords, 8, shift)
+    assert sorted(segments.order.tolist()) == list(range(len(keys)))  # every token once
+    members, start = [], 0
     for n in segments.lengths:
-        window = ordered[start:start + n]
-        cells = torch.div(window[:, 1:] + shift, 8, rounding_mode="floor")
-        assert (window[:, 0] == window[0, 0]).all() and (cells == cells[0]).all()
+        members.append({keys[i] for i in segments.order[start:start + n].tolist()})
         start += n
+    assert all(len(ids) == 1 for ids in members)  # a segment never mixes two windows (or two batch items)
+    assert sorted(next(iter(ids)) for ids in members) == sorted(Counter(keys))  # one segment per window id
+    assert sorted(segments.lengths) == sorted(Counter(keys).values())
+    assert max(segments.lengths) <= 512
     assert window_segments(x, 8, shift) is segments  # cached per coordinate set
 
 

@@ -6,6 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
 from iscene_server.nn.dispatch_count import DispatchCounter
 from iscene_server.nn.sparse import (
     SparseConv3d,
@@ -15,8 +18,6 @@ from iscene_server.nn.sparse import (
     SparseUpsample,
 )
 from iscene_server.nn.sparse import conv as conv_module
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 SIZE = 7
 
@@ -221,7 +222,7 @@ def test_resampling_forwards_have_no_data_dependent_operation():
 def test_the_guard_catches_syncs_masks_and_host_copies():
     values = torch.arange(6)
     for operation in (torch.nonzero, lambda v: int(v.max()), lambda v: v[v > 2], torch.unique):
-        with pytest.raises(AssertionError, match="data-dependent|boolean"), FailOnDataDependentOps():
+        with pytest.raises(AssertionError, match=r"data-dependent|boolean"), FailOnDataDependentOps():
             operation(values)
     with pytest.raises(AssertionError, match="from cpu"), FailOnDataDependentOps(device="meta"):
         torch.zeros(6, device="meta") + values

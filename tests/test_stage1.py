@@ -10,19 +10,15 @@ import threading
 import numpy as np
 import pytest
 import torch
-from iscene_server.engine.pipeline import STAGE1_PLAN, ScenePipeline, Stage1Request
+
+from iscene_server.engine.pipeline import STAGE1_PLAN, Stage1Request
 from iscene_server.engine.preprocess import load_scene
 from iscene_server.engine.progress import ProgressTracker
 from iscene_server.engine.samplers import FlowEulerSampler
-from iscene_server.engine.stage1 import Stage1, slot_noise
+from iscene_server.engine.stage1 import DECODE_BATCH, Stage1, slot_noise
 from iscene_server.errors import Cancelled
 
 STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def pipeline(tiny_package) -> ScenePipeline:
-    return ScenePipeline.from_pretrained(str(tiny_package), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +58,7 @@ def test_cli_writes_occupancy_and_a_matching_summary(tiny_package, scene_files, 
 
 def test_same_seed_same_result(pipeline, scene, baseline):
     again = pipeline.stage1(scene, Stage1Request(seed=42, steps=STEPS))
-    for a, b in zip(baseline.structure.instances, again.structure.instances):
+    for a, b in zip(baseline.structure.instances, again.structure.instances, strict=True):
         assert torch.equal(a.latent, b.latent) and np.array_equal(a.coords, b.coords)
 
 
@@ -102,17 +98,24 @@ def test_a_subset_in_the_parent_frame_matches_the_full_run(pipeline, scene, base
                                atol=1e-5, rtol=1e-5)
 
 
-def test_progress_reports_every_step_and_cancel_stops_within_a_step(pipeline, scene):
+def test_progress_reports_every_step_and_cancel_stops_before_the_next_step(pipeline, scene):
+    """The cancel comes with step 1's progress report: the denoiser never runs again and no step is reported."""
     cancel = threading.Event()
-    updates = []
+    updates, evaluations, evaluations_at_cancel = [], [], []
 
     def listener(update):
         updates.append(update)
         if update.stage == "stage1" and update.step == 1:
+            evaluations_at_cancel.append(len(evaluations))
             cancel.set()
 
-    with pytest.raises(Cancelled):
-        pipeline.stage1(scene, Stage1Request(steps=STEPS), ProgressTracker(STAGE1_PLAN, listener, cancel))
+    handle = pipeline.models.get("denoiser").out_layer.register_forward_hook(lambda *_: evaluations.append(1))
+    try:
+        with pytest.raises(Cancelled):
+            pipeline.stage1(scene, Stage1Request(steps=STEPS), ProgressTracker(STAGE1_PLAN, listener, cancel))
+    finally:
+        handle.remove()
+    assert evaluations_at_cancel[0] > 0 and len(evaluations) == evaluations_at_cancel[0]
     stages = [(u.stage, u.step) for u in updates]
     assert stages == [("preprocess", 0), ("condition", 0), ("stage1", 0), ("stage1", 1)]
     assert all(0 <= u.fraction <= 1 for u in updates) and updates[-1].eta_s is not None
@@ -124,13 +127,16 @@ def test_seeded_noise_is_the_reference_draw():
     assert torch.equal(slot_noise(1234, 2, 8, 4), expected)
 
 
-def test_decoding_only_reads_the_instance_latents(pipeline):
-    """Occupancy comes from the SS decoder exactly as argwhere(logits > 0) per latent."""
+def test_batched_decoding_equals_decoding_each_latent_alone(pipeline, baseline):
+    """Five latents cross a decoding batch boundary (DECODE_BATCH = 4): each one's occupancy is the one it has
+    when decoded on its own, whatever its place in the batch."""
     stage1 = Stage1(pipeline.models.get("denoiser"), pipeline.models.get("sparse_structure_decoder"),
                     pipeline.package.sampler("sparse_structure_sampler"), torch.device("cpu"))
-    latents = torch.randn(2, 8, 16, 16, 16, generator=torch.Generator().manual_seed(3))
-    coords = stage1.decode(latents)
-    with torch.no_grad():
-        logits = pipeline.models.get("sparse_structure_decoder")(latents)
-    for b in range(2):
-        assert np.array_equal(coords[b], np.argwhere(logits[b, 0].numpy() > 0))
+    sampled = torch.stack([inst.latent for inst in baseline.structure.instances])  # [3, C, r, r, r]
+    latents = torch.cat([sampled, sampled[:2].flip(0) * 1.5])  # [5, C, r, r, r]: five different occupancies
+    assert latents.shape[0] > DECODE_BATCH
+    together = stage1.decode(latents)
+    alone = [stage1.decode(latents[i:i + 1])[0] for i in range(len(latents))]
+    for ours, reference in zip(together, alone, strict=True):
+        assert len(reference) > 0 and np.array_equal(ours, reference)
+    assert len({c.tobytes() for c in alone}) == len(alone)  # a mix-up between batch items would show

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from faults import FaultyDisk
+
 from iscene_server.errors import DiskFullError, StorageError
 from iscene_server.jobs.store import FAILED, QUEUED, RUNNING, SUCCEEDED, JobStore
 

@@ -15,6 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import PARITY
+from safetensors.torch import load_file
+
 from iscene_server.engine.packages.layouts import IScenePackage
 from iscene_server.engine.packages.loader import ModelSet, build_from_spec
 from iscene_server.engine.samplers import FlowEulerSampler, Guidance
@@ -24,16 +26,24 @@ from iscene_server.nn.condition import ConditionRows
 from iscene_server.nn.dispatch_count import DispatchCounter
 from iscene_server.nn.image_conditioner import ImageConditioner
 from iscene_server.nn.registry import build_network
-from iscene_server.nn.sparse import Segments, SparseGroupNorm32, SparseTensor, segmented_attention
+from iscene_server.nn.sparse import (
+    Segments,
+    SparseGroupNorm32,
+    SparseTensor,
+    segmented_attention,
+    segmented_cross_attention,
+)
 from iscene_server.nn.sparse import attention as sparse_attention
-from iscene_server.nn.sparse import segmented_cross_attention
-from iscene_server.nn.sparse_transformer import (ModulatedSparseTransformerCrossBlock, SparseTransformerBlock,
-                                                 TokenBatch, window_segments)
+from iscene_server.nn.sparse_transformer import (
+    ModulatedSparseTransformerCrossBlock,
+    SparseTransformerBlock,
+    TokenBatch,
+    window_segments,
+)
 from iscene_server.nn.ss_sc_flow import SlotLayout
 from iscene_server.nn.transformer import ModulatedTransformerCrossBlock
-from safetensors.torch import load_file
 
-TIGHT = dict(atol=1e-5, rtol=1e-5)
+TIGHT = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def seeded(seed: int) -> torch.Generator:
@@ -222,7 +232,11 @@ def slat_flow() -> torch.nn.Module:
 
 def two_calls(model):
     """The same denoiser seen without ``paired``: the sampler makes two calls."""
-    return lambda x, t, cond: model(x, t, cond)
+
+    def denoise(x, t, cond):
+        return model(x, t, cond)
+
+    return denoise
 
 
 def test_paired_stage2_call_equals_two_calls():

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import secrets
+import socket
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
 from .api.decoding import DEFAULT_DECODE_MEMORY_MB, DEFAULT_MAX_DECODES
+from .engine.preprocess.images import DEFAULT_MAX_PIXELS
+from .engine.seeds import DEFAULT_SEED, random_seed
 from .errors import ISceneError
 from .segment import DEFAULT_SEGMENT_MODEL
 
@@ -49,7 +52,7 @@ class ProgressBar:
 
 
 def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
@@ -109,7 +112,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     regenerating = parent is not None and bool(args.only)
     seeds = _instance_seeds(args.instance_seed)
     if regenerating:  # new seeds for the chosen objects unless given; the parent's frame and scene seed
-        seeds = {label: seeds.get(label, secrets.randbelow(2 ** 31)) for label in args.only}
+        seeds = {label: seeds.get(label, random_seed()) for label in args.only}
     request = GenerationRequest(
         seed=parent["scene_seed"] if regenerating else args.seed, seeds=seeds, labels=args.only,
         scene_box=tuple(parent["frame"]["crop_box"]) if regenerating else None, steps=args.steps,
@@ -172,24 +175,45 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                max_queue=args.max_queue, job_timeout_s=args.job_timeout,
                                max_age_days=args.keep_days or None, max_store_gb=args.keep_gb or None,
                                segment_model=args.segment_model, compile=_compile_option(args))
+    listener = _listen(args.host, args.port)
     service = JobService(settings)
     app = create_app(service, token=token, max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
                      max_pixels=args.max_pixels, max_decodes=args.max_decodes,
                      decode_memory_mb=args.decode_memory_mb)
-    print(f"I-Scene server: http://{args.host}:{args.port}/v1/health  (API docs: /docs; jobs in {args.data_dir})",
-          file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", http=JsonErrorH11Protocol)
-    return 0
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"I-Scene server: http://{host}:{listener.getsockname()[1]}/v1/health  (API docs: /docs; jobs in "
+          f"{args.data_dir})", file=sys.stderr, flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="info",
+                                           http=JsonErrorH11Protocol))
+    with listener, contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl+C it shut down on
+        server.run(sockets=[listener])
+    return 0 if server.started else 1
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound first so that a busy port fails at once with a clear error; port 0 lets the
+    system choose (the banner line names the port it chose)."""
+    listener = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise ISceneError(f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+                          "another program (perhaps another iscene-server) holds that port: stop it or pass "
+                          "another --port (0 = any free port)", code="bad_input") from None
+    return listener  # asyncio starts listening once the app is up: until then connections are refused
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from . import segment
 
     segment.require()
-    from .api.schemas import SegmentPrompts, parse_json_field
     from .engine.progress import ProgressTracker
+    from .jobs.json_fields import parse_json_field
     from .segment.model import SamSegmenter
     from .segment.pipeline import segment_to_files
+    from .segment.prompts import SegmentPrompts
 
     if args.auto:
         text = json.dumps({"auto": True, "points_per_side": args.points_per_side})
@@ -219,7 +243,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_parity(args: argparse.Namespace) -> int:
     import torch
 
-    from .engine.packages.loader import DTYPES, resolve_device
+    from .devices import DTYPES, resolve_device
     from .nn.compile import should_compile
     from .parity import Precision, run_files
 
@@ -236,7 +260,7 @@ def cmd_parity(args: argparse.Namespace) -> int:
 
 def cmd_make_tiny_package(args: argparse.Namespace) -> int:
     from . import segment
-    from .engine.packages.tiny import write_tiny_package
+    from .tiny.package import write_tiny_package
 
     print(write_tiny_package(args.directory, seed=args.seed, release_sizes=args.release_sizes))
     if not segment.available():
@@ -271,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", required=True, help="output folder")
     gen.add_argument("--stage", type=int, choices=[1, 2], default=2,
                      help="last stage: 1 = occupancy per instance only, 2 = meshes (default)")
-    gen.add_argument("--seed", type=int, default=42, help="scene seed (default 42, as the I-Scene inferencer)")
+    gen.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                     help=f"scene seed (default {DEFAULT_SEED}, as the I-Scene inferencer)")
     gen.add_argument("--only", type=int, nargs="+", metavar="LABEL",
                      help="only these instances; in a folder that already holds this scene: regenerate them "
                           "with new seeds, keeping the frame and every other instance's files")
@@ -287,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="drop mesh parts smaller than this fraction of the largest part")
     gen.add_argument("--mesh-grid", default="iscene", choices=["iscene", "trellis"],
                      help="FlexiCubes grid: iscene = the release's (res x5), trellis = res x4")
-    gen.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (pixels)")
+    gen.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted image (pixels)")
     _add_revision_option(gen)
     _add_runtime_options(gen)
     gen.set_defaults(func=cmd_generate)
@@ -300,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--token", help="access token clients must send (required off loopback; or ISCENE_TOKEN)")
     srv.add_argument("--data-dir", default=str(default_data_dir()), help="where job folders live")
     srv.add_argument("--max-upload-mb", type=float, default=64, help="largest request body")
-    srv.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (pixels)")
+    srv.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted image (pixels)")
     srv.add_argument("--max-decodes", type=int, default=DEFAULT_MAX_DECODES,
                      help="uploads decoded at once (more wait, then 503)")
     srv.add_argument("--decode-memory-mb", type=int, default=DEFAULT_DECODE_MEMORY_MB,
@@ -326,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", required=True, help="the label map to write (PNG); its segments go to <out>.json")
     seg.add_argument("--segment-model", default=DEFAULT_SEGMENT_MODEL,
                      help=f"SAM: Hugging Face repo id or folder (default {DEFAULT_SEGMENT_MODEL})")
-    seg.add_argument("--max-pixels", type=int, default=40_000_000, help="largest accepted image (pixels)")
+    seg.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted image (pixels)")
     _add_runtime_options(seg, attention=False)
     seg.set_defaults(func=cmd_segment)
 

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from server_process import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "build.py"
@@ -222,23 +221,13 @@ def exit_before_bpy_teardown() -> None:
     os._exit(int(_sessions[-1].exitstatus) if _sessions else 0)
 
 
-# --- a real server and the artist's inputs (each test module gets its own server) ----------------------------
+# --- the artist's inputs, for the session's shared server (``server`` in tests/conftest.py) --------------------
+# Tests that need a server of their own (a token, one to kill) start it themselves.
 
-@pytest.fixture(scope="module")
-def server(tiny_package, tmp_path_factory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tiny_package, tmp_path_factory.mktemp("server") / "data").start()
-    yield process
-    process.stop()
-
-
-@pytest.fixture(scope="module")
-def scene_pngs(small_scene, tmp_path_factory) -> tuple[Path, Path]:
-    """The two-object example scene as files, named as an artist's files would be."""
-    folder = tmp_path_factory.mktemp("inputs")
-    image, labels = folder / "living_room.png", folder / "living_room_labels.png"
-    image.write_bytes(small_scene[0])
-    labels.write_bytes(small_scene[1])
-    return image, labels
+@pytest.fixture(scope="package")
+def scene_pngs(small_scene_files) -> tuple[Path, Path]:
+    """The two-object example scene as files, named as an artist's files would be (tests/conftest.py)."""
+    return small_scene_files
 
 
 @pytest.fixture

@@ -95,7 +95,19 @@ class PixelReads:
         return drawn
 
 
+class FakeClock:
+    """Stands in for the ``time`` module of :mod:`.pixels`: it moves only when the test moves it."""
+
+    def __init__(self):
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+
 def test_draw_reads_no_pixels_and_counts_are_refreshed_off_the_draw_path(bpy, addon, prefs, monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(addon.pixels, "time", clock)
     settings = bpy.context.scene.iscene
     labels = bpy.data.images.new("painted_labels", 4000, 3000)
     pixels = np.zeros((3000, 4000, 4), np.float32)
@@ -123,10 +135,12 @@ def test_draw_reads_no_pixels_and_counts_are_refreshed_off_the_draw_path(bpy, ad
     labels.pixels.foreach_set(pixels.ravel())
     addon.props.refresh_label_stats()
     assert reads.reads == ["painted_labels"], "while painting, at most one read per refresh interval"
-    monkeypatch.setattr(addon.pixels, "REFRESH_S", 0.0)
-    monkeypatch.setattr(addon.pixels, "MAIN_THREAD_SHARE", 1.0)
-    assert counted_objects(bpy, addon, labels) == 3, "the count follows the paint"
-    assert ("label", "3 objects in the label map", "OBJECT_DATA") in reads.draw(bpy, addon)
+    clock.now += addon.pixels.REFRESH_S
+    addon.props.refresh_label_stats()
+    assert reads.reads == ["painted_labels"] * 2, "read again once the interval has passed"
+    addon.props.LABEL_STATS.wait()
+    addon.props.refresh_label_stats()
+    assert ("label", "3 objects in the label map", "OBJECT_DATA") in reads.draw(bpy, addon), "it follows the paint"
 
 
 def test_an_unchanged_map_is_read_once(bpy, addon, inputs, monkeypatch):
@@ -337,8 +351,8 @@ def test_history_is_saved_merged_with_the_server_removable_and_capped(bpy, addon
     assert record.hidden and not folder.exists() and record not in addon.history.visible(scene)
     count = len(history)
     bpy.ops.iscene.refresh_jobs()
-    time.sleep(0.5)
-    pump_until(addon, lambda: addon.pump.RUNTIME.events.empty())
+    addon.pump.RUNTIME.wait()  # the server's list has arrived
+    addon.pump.pump_once()
     assert len(history) == count and addon.history.find(scene, job.key).hidden, "a removed job stays removed"
     assert bpy.ops.iscene.clear_jobs() == {"FINISHED"}
     assert addon.history.visible(scene) == [] and not second.folder.exists()
@@ -399,10 +413,42 @@ def draw_preferences(bpy, addon, prefs) -> list:
 
 
 def wait_for(condition, timeout: float = 120.0) -> None:
-    deadline = time.time() + timeout
+    deadline = time.monotonic() + timeout
     while not condition():
-        assert time.time() < deadline, "timed out"
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"gave up after {timeout} s")
         time.sleep(0.2)
+
+
+PORT_TAKEN = "address already in use"  # what the server logs when another process holds its port
+PORT_ATTEMPTS = 3
+
+
+def start_local_server(bpy, addon, prefs, command: str) -> int:
+    """Click Start Local Server with the URL on a free port and wait until the server answers ready.
+
+    The feature under test starts the server on the URL's port, so the port is chosen here, not bound by the
+    server itself; if another process takes it between the choice and the server's bind, the server says so in
+    its log and exits, and a new port is tried."""
+    local, runtime = addon.server.LocalServer, addon.pump.RUNTIME
+
+    def ready() -> bool:
+        if not runtime._health_thread or not runtime._health_thread.is_alive():
+            runtime.check_health(addon.preferences.client(bpy.context))
+        addon.pump.pump_once()
+        return runtime.health is not None and runtime.health["state"] == "ready"
+
+    for _ in range(PORT_ATTEMPTS):
+        port = free_port()
+        prefs.server_url, prefs.server_command = f"127.0.0.1:{port}", command
+        assert bpy.ops.iscene.start_server() == {"FINISHED"}
+        assert local.state(ready=False) == ("TIME", f"Starting on port {port}…")
+        wait_for(lambda: local.process.poll() is not None or ready())
+        if local.running():
+            return port
+        if PORT_TAKEN not in local.log_path.read_text(errors="replace").lower():
+            raise AssertionError(f"the local server exited: {local.log_path.read_text(errors='replace')[-2000:]}")
+    raise AssertionError(f"every one of {PORT_ATTEMPTS} free ports was taken before the server could bind it")
 
 
 def test_the_local_server_uses_the_urls_port_shows_its_state_and_stops_with_blender(
@@ -416,24 +462,12 @@ def test_the_local_server_uses_the_urls_port_shows_its_state_and_stops_with_blen
     addon.server.register()
     assert recorded == [addon.server.stop_on_quit], "Blender's exit stops the server it started"
 
-    port = free_port()
-    prefs.server_url = f"127.0.0.1:{port}"
-    prefs.server_command = (f'"{sys.executable}" -m iscene_server.cli serve --model "{tiny_package}" '
-                            f'--data-dir "{tmp_path / "data"}" --device cpu')
+    command = (f'"{sys.executable}" -m iscene_server.cli serve --model "{tiny_package}" '
+               f'--data-dir "{tmp_path / "data"}" --device cpu')
     with pytest.raises(RuntimeError, match="has not started a server"):
         bpy.ops.iscene.stop_server()
-    assert bpy.ops.iscene.start_server() == {"FINISHED"}
     try:
-        assert local.state(ready=False) == ("TIME", f"Starting on port {port}…")
-        runtime = addon.pump.RUNTIME
-
-        def ready():
-            if not runtime._health_thread or not runtime._health_thread.is_alive():
-                runtime.check_health(addon.preferences.client(bpy.context))
-            addon.pump.pump_once()
-            return runtime.health is not None and runtime.health["state"] == "ready"
-
-        wait_for(ready)
+        port = start_local_server(bpy, addon, prefs, command)
         assert local.state(ready=True) == ("CHECKMARK", f"Ready on port {port}")
         drawn = draw_preferences(bpy, addon, prefs)
         assert ("label", f"Ready on port {port}", "CHECKMARK") in drawn
@@ -462,8 +496,10 @@ def rna_properties(rna):
 
 
 def test_every_operator_says_why_it_is_grey_and_every_control_has_a_tooltip(bpy, addon, prefs):
-    for cls in addon.operators.CLASSES:
-        assert issubclass(cls, addon.operators.Gated) and cls.poll.__func__ is addon.operators.Gated.poll.__func__
+    classes = [cls for module in addon.OPERATOR_MODULES for cls in module.CLASSES]
+    assert {cls.bl_idname for cls in classes} == {f"iscene.{name}" for name in dir(bpy.ops.iscene)}
+    for cls in classes:
+        assert issubclass(cls, addon.problems.Gated) and cls.poll.__func__ is addon.problems.Gated.poll.__func__
         assert cls is addon.operators.ISCENE_OT_load_label_map or "problem" in cls.__dict__, cls.__name__
         rna = getattr(bpy.ops.iscene, cls.bl_idname.split(".")[1]).get_rna_type()
         assert rna.description.strip(), f"{cls.__name__} has no tooltip"

@@ -61,7 +61,7 @@ def test_strokes_become_boxes_points_and_negatives(addon):
     }, hidden=("Hidden",))
     strokes = addon.masks.annotation_strokes(annotation)
     assert len(strokes) == 6, "the hidden layer is ignored"
-    prompts = addon.masks.prompts_from_strokes(strokes, W, H)
+    prompts = addon.prompts.prompts_from_strokes(strokes, W, H)
     first, second = prompts["objects"]  # the dots inside the boxes join them instead of being objects
     assert np.allclose(first["box"], [10, 20, 110, 120]) and np.allclose(first["points"], [[50.5, 60]])
     assert np.allclose(second["box"], [150, 30, 300, 200]) and np.allclose(second["points"], [[200.5, 100]])
@@ -72,7 +72,7 @@ def test_strokes_become_boxes_points_and_negatives(addon):
 def test_a_dot_outside_every_box_is_its_own_object_and_stray_negatives_go_to_all(addon):
     annotation = fake_annotation({"Objects": [rectangle(10, 20, 110, 120), dot(200, 100)],
                                   "negatives": [dot(300, 230)]})
-    prompts = addon.masks.prompts_from_strokes(addon.masks.annotation_strokes(annotation), W, H)
+    prompts = addon.prompts.prompts_from_strokes(addon.masks.annotation_strokes(annotation), W, H)
     box_object, point_object = prompts["objects"]
     assert np.allclose(point_object["points"], [[200.5, 100]]) and "box" not in point_object
     assert np.allclose(box_object["negative"], [[300.5, 230]]) and np.allclose(point_object["negative"],
@@ -171,7 +171,7 @@ def test_a_painted_label_map_is_sent_as_painted(bpy, addon, clean_scene, tmp_pat
     labels = bpy.data.images.load(str(path))
     labels.colorspace_settings.name = "Non-Color"
     labels.pack()
-    assert len(np.unique(decode_label_map(Image.open(io.BytesIO(addon.job_requests.image_bytes(labels)))))) == 3
+    assert len(np.unique(decode_label_map(Image.open(io.BytesIO(addon.image_files.image_bytes(labels)))))) == 3
     assert counted_objects(bpy, addon, labels) == 2
 
     pixels = np.empty(W * H * 4, np.float32)
@@ -188,7 +188,7 @@ def test_a_painted_label_map_is_sent_as_painted(bpy, addon, clean_scene, tmp_pat
     assert counted_objects(bpy, addon, labels) == 4
     pixels[5:15, 300:310, :3] = 0.0
     labels.pixels.foreach_set(pixels.ravel())
-    sent = decode_label_map(Image.open(io.BytesIO(addon.job_requests.image_bytes(labels))))
+    sent = decode_label_map(Image.open(io.BytesIO(addon.image_files.image_bytes(labels))))
     assert sent.shape == (H, W) and len(np.unique(sent)) == 4
     assert len(np.unique(sent[210:230, 10:40])) == 1 and sent[215, 20] not in (0, *np.unique(sent[20:80, 30:90]))
     assert labels.packed_file is not None and labels.is_dirty, "sending does not save over the artist's map"
@@ -205,6 +205,6 @@ def test_in_memory_images_are_sent_as_they_look(bpy, addon, clean_scene, float_b
     pixels[..., 3] = 1
     pixels[1, 0, :3] = 0.5  # the top-left pixel (Blender's rows go bottom-up)
     image.pixels.foreach_set(pixels.ravel())
-    sent = np.array(Image.open(io.BytesIO(addon.job_requests.image_bytes(image))))
+    sent = np.array(Image.open(io.BytesIO(addon.image_files.image_bytes(image))))
     assert sent.shape == (2, 3, 4)
     assert tuple(sent[0, 0, :3]) == (expected,) * 3 and tuple(sent[1, 0, :3]) == (0, 0, 0)

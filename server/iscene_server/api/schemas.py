@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import re
-from functools import partial
-from typing import Literal, TypeVar
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import InputError
-from ..segment.prompts import SegmentRequest
+from ..engine.seeds import DEFAULT_SEED, SEED_LIMIT
 
 Label = int
 
@@ -19,60 +15,11 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-Body = TypeVar("Body", bound=BaseModel)
-
-
-MAX_FIELD_CHARS = 1_000_000  # a form JSON field; the largest valid prompts (255 objects x 128 points) fit
-MAX_JSON_DEPTH = 16  # nesting levels of [ and {; the schemas need 4
-MAX_INT_DIGITS = 20
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_JSON_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def check_json_limits(text: str, name: str) -> None:
-    """Refuse a JSON form field over the size or nesting limits before parsing it (a parser would recurse
-    once per level)."""
-    if len(text) > MAX_FIELD_CHARS:
-        raise InputError(f"{name} is {len(text):,} characters long, over the limit of {MAX_FIELD_CHARS:,}",
-                         f"send {name} as a small JSON object; see /docs for its fields")
-    depth = deepest = 0
-    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
-        depth += 1 if bracket in "[{" else -1
-        deepest = max(deepest, depth)
-        if deepest > MAX_JSON_DEPTH:
-            raise InputError(f"{name} is nested more than {MAX_JSON_DEPTH} levels deep",
-                             f"send {name} as a flat JSON object; see /docs for its fields")
-
-
-def _bounded_int(digits: str, name: str) -> int:
-    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
-        raise InputError(f"{name} holds a {len(digits.lstrip('-')):,}-digit number, over the limit of "
-                         f"{MAX_INT_DIGITS} digits", "every number in the API fits in a few digits")
-    return int(digits)
-
-
-def parse_json_field(text: str, model: type[Body], name: str, example: str) -> Body:
-    """A JSON form field (``params``, ``prompts``) as ``model``; every problem is an :class:`InputError`
-    naming the field, with ``example`` (a JSON object) in the hint."""
-    check_json_limits(text or "", name)
-    try:
-        data = json.loads(text or "{}", parse_int=partial(_bounded_int, name=name))
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{name} is not valid JSON ({exc.msg} at position {exc.pos})",
-                         f"send {name} as a JSON object, e.g. {example}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"{name} must be a JSON object", f"e.g. {example}")
-    try:
-        return model(**data)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
-        raise InputError(f"invalid {name}: {problems}", f"see {model.__name__} in /docs") from None
-
-
 class GenerationParams(StrictModel):
     """The ``params`` JSON of ``POST /v1/jobs``; every field is optional."""
 
-    seed: int = Field(42, ge=0, le=2 ** 31 - 1, description="scene seed (also each object's, unless regenerated)")
+    seed: int = Field(DEFAULT_SEED, ge=0, lt=SEED_LIMIT,
+                      description="scene seed (also each object's, unless regenerated)")
     steps: int | None = Field(None, ge=1, le=100, description="stage-1 sampling steps (default 25)")
     cfg: float | None = Field(None, ge=0, le=20, description="stage-1 guidance strength (default 3.0)")
     slat_steps: int | None = Field(None, ge=1, le=100, description="stage-2 sampling steps (default 25)")
@@ -94,8 +41,8 @@ class RegenerateBody(StrictModel):
     @field_validator("seeds")
     @classmethod
     def _seed_range(cls, seeds):
-        if seeds and any(not 0 <= s < 2 ** 31 for s in seeds.values()):
-            raise ValueError("seeds must be in [0, 2^31)")
+        if seeds and any(not 0 <= s < SEED_LIMIT for s in seeds.values()):
+            raise ValueError(f"seeds must be in [0, {SEED_LIMIT})")
         return seeds
 
 
@@ -113,7 +60,7 @@ class RefineBody(FiniteModel):
                                                         f"finite, translations within ±{MAX_TRANSLATION:g}")
     locked: list[Label] = Field(default_factory=list, max_length=100, description="instances kept exactly")
     strength: float = Field(0.5, ge=0, le=1, description="0 keeps the moved shapes, 1 re-generates from noise")
-    seed: int | None = Field(None, ge=0, le=2 ** 31 - 1, description="noise seed (default: random)")
+    seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="noise seed (default: random)")
 
     @field_validator("transforms")
     @classmethod
@@ -124,33 +71,6 @@ class RefineBody(FiniteModel):
                 raise ValueError(f"the translation of instance {label} ({translation}) is beyond ±{MAX_TRANSLATION:g} "
                                  "scene units: the scene volume is the cube [-0.5, 0.5]^3")
         return transforms
-
-
-Point = tuple[float, float]
-
-
-class SegmentObject(FiniteModel):
-    """One object to segment: a box and/or positive points, optionally negative points."""
-
-    box: tuple[float, float, float, float] | None = Field(
-        None, description="[x0, y0, x1, y1] in image pixels (origin top-left, y down); clipped to the image")
-    points: list[Point] = Field(default_factory=list, max_length=64, description="[[x, y], ...] on the object")
-    negative: list[Point] = Field(default_factory=list, max_length=64, description="[[x, y], ...] not on it")
-
-
-class SegmentPrompts(FiniteModel):
-    """The ``prompts`` JSON of ``POST /v1/segment``: ``objects`` (one mask each, at most 255) or ``auto``."""
-
-    objects: list[SegmentObject] = Field(default_factory=list, description="one mask per object, ids in this order")
-    auto: bool = Field(False, description="find the objects over a grid of points instead of prompts")
-    points_per_side: int = Field(SegmentRequest.points_per_side, ge=4, le=64,
-                                 description="auto: grid points per image side")
-    min_area: float = Field(SegmentRequest.min_area, ge=0, le=1,
-                            description="drop connected fragments smaller than this fraction of the image")
-    fill_holes: bool = Field(SegmentRequest.fill_holes, description="fill background holes inside each mask")
-    min_score: float = Field(SegmentRequest.min_score, ge=0, le=1, description="auto: least predicted IoU of a mask")
-    min_stability: float = Field(SegmentRequest.min_stability, ge=0, le=1,
-                                 description="auto: least stability score of a mask")
 
 
 class Segment(BaseModel):
@@ -207,9 +127,9 @@ class JobStatus(BaseModel):
     created: float
     started: float | None
     finished: float | None
-    stage: str | None
-    step: int | None
-    total: int | None
+    stage: str | None = Field(..., description="the running job's stage, or where a failed or cancelled job stopped")
+    step: int | None = Field(..., description="steps of that stage done")
+    total: int | None = Field(..., description="steps of that stage")
     progress: float
     eta_s: float | None
     queue_position: int | None

@@ -9,8 +9,8 @@ flag on the host: no device synchronisation.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterator
 
 from torch import nn
 

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from ..atomic import write_atomic
+from ..errors import StorageError
 
 log = logging.getLogger("iscene.eta")
 
@@ -131,12 +133,10 @@ class StageCosts:
     def _save(self, text: str) -> None:
         if self.path is None:
             return
-        partial = self.path.with_name(self.path.name + ".partial")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(text)
-            os.replace(partial, self.path)
-        except OSError as exc:  # a full or read-only disk must not fail the job that just finished
+            write_atomic(self.path, text.encode())
+        except (OSError, StorageError) as exc:  # a full or read-only disk must not fail the job that just finished
             log.warning("could not save the stage costs to %s: %s", self.path, exc)
 
 

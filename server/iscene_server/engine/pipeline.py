@@ -10,13 +10,15 @@ CPU and only the last object's clean-up is left once the GPU is done.
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 
+from ..devices import resolve_device, resolve_dtype
 from ..errors import InputError
-from ..geometry.export import GaussianParams
+from ..geometry.ply import GaussianCloud
 from ..geometry.postprocess import ColoredMesh
 from .camera.solve import CameraFit
 from .cancel import cancellation_points
@@ -24,13 +26,15 @@ from .cleanup import CleanupPool, CleanupTask, clean_mesh, fit_camera
 from .conditioning import encode_images
 from .eta import GENERATE_PLAN, STAGE1_PLAN
 from .packages.layouts import IScenePackage
-from .packages.loader import ModelSet, resolve_device, resolve_dtype
+from .packages.loader import ModelSet
 from .preprocess import SceneInput, SceneSlots, build_slots
 from .progress import ProgressTracker
+from .samplers import StepCallback
+from .seeds import DEFAULT_SEED
 from .stage1 import InstanceStructure, SceneStructure, Stage1
 from .stage2 import MeshFrame, Stage2
+from .timing import Timer
 
-DEFAULT_SEED = 42  # the I-Scene inferencer's default
 FORMATS = ("mesh", "gaussian")
 STAGE2_BATCH = 8  # instances sampled together in stage 2
 
@@ -74,7 +78,7 @@ class GenerationRequest(Stage1Request):
 class InstanceResult:
     structure: InstanceStructure
     mesh: ColoredMesh | None
-    gaussians: GaussianParams | None
+    gaussians: GaussianCloud | None
     extracted_faces: int  # before clean-up and decimation
 
     @property
@@ -118,7 +122,7 @@ class ScenePipeline:
 
     @classmethod
     def from_pretrained(cls, spec: str, device: str = "auto", dtype: str = "auto",
-                        cleanup_workers: int | None = None, compile: str | bool = "auto") -> "ScenePipeline":
+                        cleanup_workers: int | None = None, compile: str | bool = "auto") -> ScenePipeline:
         """``compile``: torch.compile of the transformer blocks, ``"auto"`` (CUDA only), True or False."""
         package = IScenePackage.open(spec)
         target = resolve_device(device)
@@ -127,7 +131,7 @@ class ScenePipeline:
     def close(self) -> None:
         self.workers.close()
 
-    def __enter__(self) -> "ScenePipeline":
+    def __enter__(self) -> ScenePipeline:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -137,54 +141,69 @@ class ScenePipeline:
     def device(self) -> torch.device:
         return self.models.device
 
-    def conditions(self, slots: SceneSlots) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scene-slot tokens ``[T, C]`` (encoded once) and each instance's own-slot tokens ``[K, N-1, T, C]``."""
+    def conditions(self, slots: SceneSlots, check: Callable[[], None] | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scene-slot tokens ``[T, C]`` (encoded once) and each instance's own-slot tokens ``[K, N-1, T, C]``;
+        ``check()`` (raises to cancel) runs before each DINOv2 block when given."""
         conditioner = self.models.get("image_conditioner")
         names = slots.slot_names()
         own = [slots.instances if name == "scene_space_instance" else slots.canonical
                for name in names if name != "scene_space_scene"]
-        scene = encode_images(conditioner, slots.scene[None], self.device)[0]
-        per_instance = torch.stack([encode_images(conditioner, images, self.device) for images in own], dim=1)
+        with nullcontext() if check is None else cancellation_points(conditioner, check):
+            scene = encode_images(conditioner, slots.scene[None], self.device)[0]
+            per_instance = torch.stack([encode_images(conditioner, images, self.device) for images in own], dim=1)
         return scene, per_instance
 
-    def stage1(self, scene: SceneInput, request: Stage1Request = Stage1Request(),
+    def stage1(self, scene: SceneInput, request: Stage1Request | None = None,
                progress: ProgressTracker | None = None) -> Stage1Result:
         progress = progress or ProgressTracker(STAGE1_PLAN)
-        result = self._stage1(scene, request, progress, Timer())
+        result = self._stage1(scene, request or Stage1Request(), progress, Timer())
         progress.finish()
         return result
 
     def _stage1(self, scene: SceneInput, request: Stage1Request, progress: ProgressTracker,
-                timer: "Timer") -> Stage1Result:
+                timer: Timer) -> Stage1Result:
         progress.begin("preprocess")
         slots = build_slots(scene, self.package.exp_setting, request.labels, request.scene_box,
                             progress.check_cancelled)
         timer.lap("preprocess")
 
         progress.begin("condition")
-        with cancellation_points(self.models.get("image_conditioner"), progress.check_cancelled):
-            scene_cond, instance_cond = self.conditions(slots)
+        scene_cond, instance_cond = self.conditions(slots, progress.check_cancelled)
         timer.lap("condition")
 
+        seeds = [request.seed_for(label) for label in slots.label_ids]
+        structure, settings = self.sample_structure(slots.label_ids, scene_cond, instance_cond, request.seed, seeds,
+                                                    request, progress, timer)
+        return Stage1Result(slots, structure, settings, timer.timings, instance_cond)
+
+    def sample_structure(self, labels: list[int], scene_cond: torch.Tensor, instance_cond: torch.Tensor,
+                         scene_seed: int, seeds: list[int], request: Stage1Request, progress: ProgressTracker,
+                         timer: Timer, clean: tuple[torch.Tensor, torch.Tensor] | None = None,
+                         t_start: float = 1.0) -> tuple[SceneStructure, dict]:
+        """Stage 1 of one scene from its condition tokens (see :meth:`Stage1.sample`; ``clean`` and ``t_start``
+        start from re-noised latents, for refine), then each instance's occupancy; the progress stages
+        ``stage1`` and ``decode``. Returns the structure and the sampler settings used."""
         settings = self.package.sampler("sparse_structure_sampler", steps=request.steps,
                                         cfg_strength=request.cfg_strength)
-        check_steps(settings.steps, "stage-1")
+        _check_steps(settings.steps, "stage-1")
         stage1 = Stage1(self.models.get("denoiser"), self.models.get("sparse_structure_decoder"), settings,
                         self.device)
-        seeds = [request.seed_for(label) for label in slots.label_ids]
         progress.begin("stage1", settings.steps)
-        scene_latent, latents = stage1.sample(scene_cond, instance_cond, request.seed, seeds, progress.step)
+        scene_latent, latents = stage1.sample(scene_cond, instance_cond, scene_seed, seeds, progress.step,
+                                              clean=clean, t_start=t_start)
         timer.lap("stage1")
 
         progress.begin("decode")
         with cancellation_points(stage1.decoder, progress.check_cancelled):
-            structure = stage1.assemble(slots.label_ids, seeds, request.seed, scene_latent, latents)
+            structure = stage1.assemble(labels, seeds, scene_seed, scene_latent, latents)
         timer.lap("decode")
-        return Stage1Result(slots, structure, describe_settings(settings), timer.timings, instance_cond)
+        return structure, _describe_settings(settings)
 
-    def generate(self, scene: SceneInput, request: GenerationRequest = GenerationRequest(),
+    def generate(self, scene: SceneInput, request: GenerationRequest | None = None,
                  progress: ProgressTracker | None = None) -> SceneResult:
         """The whole scene (or ``request.labels`` of it): occupancy, latents, meshes, Gaussians."""
+        request = request or GenerationRequest()
         progress = progress or ProgressTracker(GENERATE_PLAN)
         timer = Timer()
         first = self._stage1(scene, request, progress, timer)
@@ -208,12 +227,12 @@ class ScenePipeline:
                            timer.gpu_finished_at)
 
     def finish_instances(self, instances: list[InstanceStructure], cond: torch.Tensor, request: GenerationRequest,
-                         progress: ProgressTracker, timer: "Timer") -> tuple[list[InstanceResult], dict, MeshFrame]:
+                         progress: ProgressTracker, timer: Timer) -> tuple[list[InstanceResult], dict, MeshFrame]:
         """Stage 2 and decoding for instances whose occupancy is known; ``cond [K, T, C]`` are their
         scene-space instance slot tokens. Returns the results, the stage-2 settings and the mesh frame."""
         settings = self.package.sampler("slat_sampler", steps=request.slat_steps,
                                         cfg_strength=request.slat_cfg_strength)
-        check_steps(settings.steps, "stage-2")
+        _check_steps(settings.steps, "stage-2")
         stage2 = Stage2(self.models.get("slat_flow_model"), self.models.get("slat_decoder_mesh"), settings,
                         self.package.base.args["slat_normalization"], self.device,
                         self.models.get("slat_decoder_gs") if "gaussian" in request.formats else None,
@@ -225,7 +244,7 @@ class ScenePipeline:
             done = start // STAGE2_BATCH * settings.steps
             latents.append(stage2.sample([i.coords for i in chunk], cond[start:start + len(chunk)],
                                          [i.seed for i in chunk], self.models.get("denoiser").num_slots,
-                                         lambda step, total, t: progress.step(done + step)))
+                                         _offset_steps(progress, done)))
         timer.lap("stage2")
 
         progress.begin("meshes", len(instances))
@@ -250,10 +269,10 @@ class ScenePipeline:
         finally:
             self.workers.cancel(future for _, future in cleaning)
         timer.skip()
-        return decoded, describe_settings(settings), stage2.frame
+        return decoded, _describe_settings(settings), stage2.frame
 
     def _decode(self, stage2: Stage2, latents, index: int, inst: InstanceStructure, request: GenerationRequest,
-                progress: ProgressTracker, timer: "Timer") -> tuple[InstanceResult, ColoredMesh | None]:
+                progress: ProgressTracker, timer: Timer) -> tuple[InstanceResult, ColoredMesh | None]:
         """The GPU part of one object: its result (mesh still to clean up) and the extracted mesh on the CPU."""
         raw, extracted, gaussians = None, 0, None
         check = progress.check_cancelled
@@ -272,45 +291,11 @@ class ScenePipeline:
         if "gaussian" in request.formats:
             with cancellation_points(stage2.gaussian_decoder, check):
                 params = stage2.decode_gaussians(latents, index)
-            gaussians = GaussianParams(params.xyz.cpu().numpy(), params.features_dc.cpu().numpy(),
-                                       params.opacity.cpu().numpy(), params.scaling.cpu().numpy(),
-                                       params.rotation.cpu().numpy())
+            gaussians = GaussianCloud(params.xyz.cpu().numpy(), params.features_dc.cpu().numpy(),
+                                      params.opacity.cpu().numpy(), params.scaling.cpu().numpy(),
+                                      params.rotation.cpu().numpy())
             timer.lap("gaussian_decode")
         return InstanceResult(inst, None, gaussians, extracted), raw
-
-
-class Timer:
-    """Accumulates wall time per named phase. Every reading first waits for queued CUDA work, so a phase is
-    charged for the kernels it launched; readings are taken at stage boundaries only, never inside loops."""
-
-    def __init__(self):
-        self.timings: dict[str, float] = {}
-        self.gpu_finished_at: float | None = None
-        self._last = self._now()
-
-    @staticmethod
-    def _now() -> float:
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            torch.cuda.synchronize()
-        return time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        """Charge the time since the previous reading to ``name``."""
-        now = self._now()
-        self.add(name, now - self._last)
-        self._last = now
-
-    def add(self, name: str, seconds: float) -> None:
-        """Charge work measured elsewhere (a worker process) to ``name``."""
-        self.timings[name] = self.timings.get(name, 0.0) + seconds
-
-    def skip(self) -> None:
-        """Start the next phase now, charging the time since the previous reading to no phase."""
-        self._last = self._now()
-
-    def gpu_done(self) -> None:
-        """Record the last reading (taken when a GPU phase ended, after its kernels) as the end of GPU work."""
-        self.gpu_finished_at = self._last
 
 
 def _finished(decoded: list, cleaning: list) -> int:
@@ -318,16 +303,21 @@ def _finished(decoded: list, cleaning: list) -> int:
     return len(decoded) - sum(not future.done() for _, future in cleaning)
 
 
+def _offset_steps(progress: ProgressTracker, done: int) -> StepCallback:
+    """A sampler callback reporting ``done`` earlier steps plus the sampler's own."""
+    return lambda step, _total, _t: progress.step(done + step)
+
+
 def _batches(count: int) -> int:
     return max(1, -(-count // STAGE2_BATCH))
 
 
-def check_steps(steps: int, stage: str) -> None:
+def _check_steps(steps: int, stage: str) -> None:
     if steps < 1:
         raise InputError(f"{stage} steps must be at least 1 (got {steps})", "use 25 for full quality")
 
 
-def describe_settings(settings) -> dict:
+def _describe_settings(settings) -> dict:
     return {"steps": settings.steps, "cfg_strength": settings.cfg_strength,
             "cfg_interval": list(settings.cfg_interval), "rescale_t": settings.rescale_t,
             "sigma_min": settings.sigma_min}

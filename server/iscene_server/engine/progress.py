@@ -106,7 +106,7 @@ class ProgressTracker:
     def stage_seconds(self) -> dict[str, float]:
         """Measured seconds of every stage that ran to its end (0 for the planned stages passed over), in the
         order they ran: what a cost model learns from (a stage cut short by a cancel is not in it)."""
-        return {**{stage: 0.0 for stage in self.passed_over}, **self.durations}
+        return {**dict.fromkeys(self.passed_over, 0.0), **self.durations}
 
     def _end_stage(self) -> None:
         if self.stage is not None:

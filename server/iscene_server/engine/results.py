@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from ..atomic import write_atomic
 from ..errors import InputError
-from ..geometry.export import instance_name, write_gaussian_ply, write_instance_glb, write_scene_glb
+from ..geometry.glb_writer import write_instance_glb, write_scene_glb
+from ..geometry.gltf import instance_name
+from ..geometry.ply import write_gaussian_ply
 from ..geometry.postprocess import bounds_and_origin
-from .atomic import write_atomic
+from ..geometry.voxels import GRID
 from .pipeline import InstanceResult, SceneResult, Stage1Result
-from .stage1 import GRID, InstanceStructure
+from .stage1 import InstanceStructure
 
 FORMAT = "iscene-scene/1"
 SCENE_JSON = "scene.json"
@@ -124,7 +127,7 @@ class SceneWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         structure = result.structure
         self._write_structure(structure.scene_latent, structure.instances)
-        entries = [{"label": i.label, "seed": i.seed, "voxels": int(len(i.coords)), "bbox": voxel_bounds(i)}
+        entries = [{"label": i.label, "seed": i.seed, "voxels": len(i.coords), "bbox": voxel_bounds(i)}
                    for i in structure.instances]
         return self._write_manifest(self._manifest(result.slots, structure.scene_seed, entries,
                                                    {"stage1": result.settings}, result.timings, {"stages": 1}))
@@ -152,7 +155,7 @@ class SceneWriter:
     def _write_instance(self, inst: InstanceResult) -> dict:
         self._before_file()
         structure, name = inst.structure, instance_name(inst.label)
-        entry = {"label": inst.label, "seed": structure.seed, "voxels": int(len(structure.coords)),
+        entry = {"label": inst.label, "seed": structure.seed, "voxels": len(structure.coords),
                  "bbox": voxel_bounds(structure), "file": None, "vertices": 0, "faces": 0,
                  "extracted_faces": inst.extracted_faces}
         for stale in (f"{name}.glb", f"{name}.ply"):

@@ -10,8 +10,10 @@ one batched call. The unconditional condition is best passed as ``ConditionRows.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -61,6 +63,9 @@ class Guidance:
         return self.strength != 0 and self.interval[0] <= t <= self.interval[1]
 
 
+NO_GUIDANCE = Guidance()  # frozen, so one shared instance is a safe default
+
+
 @dataclass
 class SampleResult:
     samples: torch.Tensor
@@ -89,7 +94,7 @@ class FlowEulerSampler:
 
     @torch.no_grad()
     def sample(self, model, noise: torch.Tensor, cond, neg_cond=None, *, steps: int, rescale_t: float = 1.0,
-               guidance: Guidance = Guidance(), t_start: float = 1.0, callback: StepCallback | None = None,
+               guidance: Guidance = NO_GUIDANCE, t_start: float = 1.0, callback: StepCallback | None = None,
                return_trajectory: bool = False) -> SampleResult:
         """Integrate from ``noise`` (the state at ``t_start``) to a sample.
 
@@ -99,7 +104,7 @@ class FlowEulerSampler:
         times = time_schedule(steps, rescale_t, t_start)
         result = SampleResult(noise)
         x = noise
-        for i, (t, t_prev) in enumerate(zip(times[:-1], times[1:])):
+        for i, (t, t_prev) in enumerate(itertools.pairwise(times)):
             v = self.velocity(model, x, t, cond, neg_cond, guidance)
             if return_trajectory:
                 result.pred_x_0.append(self.predict_x0(x, t, v))
@@ -123,7 +128,7 @@ class SamplerSettings:
     sigma_min: float = 1e-5
 
     @classmethod
-    def from_pipeline_json(cls, entry: Mapping, **overrides) -> "SamplerSettings":
+    def from_pipeline_json(cls, entry: Mapping, **overrides) -> SamplerSettings:
         """Read a ``{name, args, params}`` sampler entry; only the guidance-interval Euler sampler exists."""
         name = entry.get("name", "FlowEulerGuidanceIntervalSampler")
         params = {**entry.get("params", {}), **{k: v for k, v in overrides.items() if v is not None}}

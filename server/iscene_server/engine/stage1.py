@@ -25,7 +25,6 @@ from ..nn.ss_sc_flow import SCENE_SLOT, SlotLayout
 from .samplers import FlowEulerSampler, SamplerSettings, StepCallback, renoise
 
 DECODE_BATCH = 4
-GRID = 64
 
 
 def slot_noise(seed: int, num_slots: int, channels: int, resolution: int) -> torch.Tensor:
@@ -40,10 +39,6 @@ class InstanceStructure:
     seed: int
     latent: torch.Tensor  # [C, r, r, r], scene-space instance slot, CPU float32
     coords: np.ndarray  # int16 [M, 3] occupied (x, y, z) on the 64^3 grid of the scene frame
-
-    def positions(self) -> np.ndarray:
-        """Voxel centres in the scene frame ``[-0.5, 0.5]^3``."""
-        return (self.coords.astype(np.float32) + 0.5) / GRID - 0.5
 
 
 @dataclass
@@ -134,10 +129,5 @@ class Stage1:
         """Decode the slot-0 latents and bundle everything per instance."""
         coords = self.decode(latents)
         instances = [InstanceStructure(label, seed, latent, c)
-                     for label, seed, latent, c in zip(labels, seeds, latents, coords)]
+                     for label, seed, latent, c in zip(labels, seeds, latents, coords, strict=True)]
         return SceneStructure(scene_seed, scene_latent, instances)
-
-    def run(self, labels: list[int], scene_cond: torch.Tensor, instance_cond: torch.Tensor, scene_seed: int,
-            seeds: list[int], callback: StepCallback | None = None) -> SceneStructure:
-        scene_latent, latents = self.sample(scene_cond, instance_cond, scene_seed, seeds, callback)
-        return self.assemble(labels, seeds, scene_seed, scene_latent, latents)

@@ -78,7 +78,7 @@ class Stage2:
     def sample(self, coords: list[np.ndarray], cond: torch.Tensor, seeds: list[int], num_slots: int,
                callback: StepCallback | None = None) -> SparseTensor:
         """Denormalised latents on every instance's voxels (batch item i = instance i); ``cond [K, T, C]``."""
-        noise = torch.cat([slat_noise(s, num_slots, len(c)) for s, c in zip(seeds, coords)])
+        noise = torch.cat([slat_noise(s, num_slots, len(c)) for s, c in zip(seeds, coords, strict=True)])
         x = SparseTensor(noise.to(self.device), batch_coords(coords).to(self.device), len(coords))
         cond = cond.to(self.device)
         result = self.sampler.sample(self.flow, x, cond, ConditionRows.zeros_like(cond), steps=self.settings.steps,

@@ -24,6 +24,7 @@ from ..engine.preprocess import decode_label_map, load_scene, open_image
 from ..engine.progress import ProgressTracker
 from ..engine.refine.scene import ParentScene, Refiner, check_edit
 from ..engine.results import SceneWriter, file_digest, read_manifest
+from ..engine.seeds import DEFAULT_SEED
 from ..errors import InputError
 
 DETAIL_FACES = {"low": 15_000, "medium": 50_000, "high": 200_000}
@@ -89,13 +90,12 @@ def check_stored_params(kind: str, params) -> None:
 def request_from_params(params: dict, **overrides) -> GenerationRequest:
     """The engine request for a job's stored API parameters."""
     target = params.get("target_faces") or DETAIL_FACES[params.get("detail", "medium")]
-    fields = dict(seed=params.get("seed", 42), labels=params.get("labels"), steps=params.get("steps"),
-                  cfg_strength=params.get("cfg"), slat_steps=params.get("slat_steps"),
-                  slat_cfg_strength=params.get("slat_cfg"), formats=tuple(params.get("formats", ["mesh"])),
-                  target_faces=target, min_floater_fraction=params.get("min_floater", 0.02),
-                  mesh_grid=params.get("mesh_grid", "iscene"))
-    fields.update(overrides)
-    return GenerationRequest(**fields)
+    fields = {"seed": params.get("seed", DEFAULT_SEED), "labels": params.get("labels"), "steps": params.get("steps"),
+              "cfg_strength": params.get("cfg"), "slat_steps": params.get("slat_steps"),
+              "slat_cfg_strength": params.get("slat_cfg"), "formats": tuple(params.get("formats", ["mesh"])),
+              "target_faces": target, "min_floater_fraction": params.get("min_floater", 0.02),
+              "mesh_grid": params.get("mesh_grid", "iscene")}
+    return GenerationRequest(**{**fields, **overrides})
 
 
 def scene_header(pipeline: ScenePipeline, inputs: dict[str, bytes]) -> dict:

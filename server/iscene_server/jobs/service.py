@@ -3,27 +3,34 @@ is never shared), and answers status questions from the HTTP threads without eve
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import json
 import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .. import __version__, segment
-from ..engine.atomic import storage_error
+from ..atomic import storage_error
+from ..devices import resolve_device
 from ..engine.eta import COSTS_FILE, StageCosts, device_key
 from ..engine.packages.layouts import PACKAGE_ROLES
-from ..engine.packages.loader import resolve_device
 from ..engine.pipeline import ScenePipeline
 from ..engine.progress import ProgressTracker, ProgressUpdate
 from ..engine.results import read_manifest
+from ..engine.seeds import random_seed
 from ..errors import Cancelled, ISceneError, StateError, StorageError, UnavailableError
 from ..segment.model import SamSegmenter, default_segment_model
+from . import intake
+from .files import result_file
 from .runner import (
+    SEGMENTS_JSON,
     check_stored_params,
     default_steps,
     job_units,
@@ -55,6 +62,7 @@ class ServiceSettings:
     max_store_gb: float | None = 50.0
     segment_model: str | None = None  # SAM repo id or folder; None: <model>/sam if there is one, else SAM ViT-B
     compile: str | bool = "auto"  # torch.compile of the transformer blocks: "auto" (CUDA only), True, False
+    clock: Callable[[], float] = time.monotonic  # what the job time limit is measured on (tests pass a fake one)
 
 
 @dataclass
@@ -161,6 +169,25 @@ class JobService:
         self._enqueue(record)
         return record
 
+    def submit_regenerate(self, job_id: str, labels: list[int], seeds: dict[int, int] | None) -> JobRecord:
+        """A child of finished scene job ``job_id`` that re-samples ``labels`` (with ``seeds``, else random ones)."""
+        parent = self.require_finished(job_id, SCENE_KINDS)
+        intake.check_regenerate(read_manifest(self.store.folder(job_id)), labels, job_id)
+        params = {"labels": labels, "seeds": {label: (seeds or {}).get(label, random_seed()) for label in labels},
+                  "parent_params": parent.params}
+        return self.submit("regenerate", params, self.store.input_bytes(job_id), parent=job_id)
+
+    def submit_refine(self, job_id: str, transforms: dict[int, list], locked: list[int], strength: float,
+                      seed: int | None) -> JobRecord:
+        """A child of finished scene job ``job_id``, re-generated coherently with the edit; a bad edit fails now
+        (:func:`intake.check_refine`), not in the queue."""
+        parent = self.require_finished(job_id, SCENE_KINDS)
+        params = {"transforms": {str(label): matrix for label, matrix in transforms.items()}, "locked": locked,
+                  "strength": strength, "seed": random_seed() if seed is None else seed,
+                  "parent_params": parent.params}
+        intake.check_refine(self.store.folder(job_id), params)
+        return self.submit("refine", params, self.store.input_bytes(job_id), parent=job_id)
+
     def _enqueue(self, record: JobRecord) -> None:
         self._units[record.id] = self._job_units(record)
         with self._wake:
@@ -178,6 +205,8 @@ class JobService:
                "created": record.created, "started": record.started, "finished": record.finished,
                "error": record.error, "params": record.params, "stage": None, "step": None, "total": None,
                "progress": 1.0 if record.state == SUCCEEDED else 0.0, "eta_s": None, "queue_position": None}
+        if record.stopped_at is not None:
+            out.update(record.stopped_at)
         live = self._live.get(job_id)
         if record.state == RUNNING and live is not None:
             update = live[0]
@@ -260,6 +289,30 @@ class JobService:
             self._cancel.setdefault(job_id, threading.Event()).set()
         return self.status(job_id)
 
+    @staticmethod
+    def require_segmentation() -> None:
+        """Segment jobs can run here, else the error that names the extra to install."""
+        segment.require()
+
+    def statuses(self) -> list[dict]:
+        """The status of every job, newest first."""
+        return [self.status(record.id) for record in self.store.list()]
+
+    def scene(self, job_id: str) -> dict:
+        """The scene manifest of finished scene job ``job_id``."""
+        self.require_finished(job_id, SCENE_KINDS)
+        return read_manifest(self.store.folder(job_id))
+
+    def segments(self, job_id: str) -> dict:
+        """``segments.json`` of finished segment job ``job_id``."""
+        self.require_finished(job_id, ("segment",))
+        return json.loads((self.store.folder(job_id) / SEGMENTS_JSON).read_text())
+
+    def result_file(self, job_id: str, name: str) -> Path:
+        """The path of result file ``name`` of finished job ``job_id``, else :class:`NotFoundError`."""
+        self.require_finished(job_id)
+        return result_file(self.store.folder(job_id), job_id, name)
+
     def require_finished(self, job_id: str, kinds: tuple[str, ...] | None = None) -> JobRecord:
         """The record of a succeeded job (of one of ``kinds``, when given), else :class:`StateError`."""
         record = self.store.get(job_id)
@@ -308,10 +361,12 @@ class JobService:
         changes = {"state": state, "finished": time.time()}
         if error is not None:
             changes["error"] = error
-        try:
+        live = self._live.get(job_id)
+        if state != SUCCEEDED and live is not None:  # where it stopped, for the client and for the record
+            update = live[0]
+            changes["stopped_at"] = {"stage": update.stage, "step": update.step, "total": update.total}
+        with contextlib.suppress(StorageError):  # logged by the store; saved once the disk takes writes again
             self.store.update(job_id, **changes)
-        except StorageError:
-            pass  # logged by the store; the record is saved once the disk takes writes again
 
     def _run(self, job_id: str) -> None:
         cancel = self._cancel.setdefault(job_id, threading.Event())
@@ -330,7 +385,7 @@ class JobService:
         key = self._cost_key(record.kind)
         tracker = ProgressTracker(self.costs.predict(key or "", record.kind, units),
                                   lambda update: self._live.__setitem__(job_id, (update, time.monotonic())), cancel,
-                                  time_limit_s=self.settings.job_timeout_s, predicted=True)
+                                  self.settings.clock, time_limit_s=self.settings.job_timeout_s, predicted=True)
         try:
             if record.kind in SCENE_KINDS and self.model.pipeline is None:
                 raise UnavailableError(f"the model could not be loaded: {self.model.message}",
@@ -386,7 +441,7 @@ class JobService:
 
     def _segmentation_model(self) -> SamSegmenter:
         """The SAM segmenter, made on first use (on the worker thread; it loads its weights on its first job)."""
-        segment.require()
+        self.require_segmentation()
         if self._segmenter is None:
             self._segmenter = SamSegmenter(self.segment_model, self.settings.device, self.settings.dtype)
         return self._segmenter

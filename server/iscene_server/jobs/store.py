@@ -14,6 +14,7 @@ of :meth:`JobStore.check_writable`) saves the unsaved records and clears the pro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -24,7 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..engine.atomic import DATA_DIR_SETTING, storage_error, write_atomic
+from ..atomic import DATA_DIR_SETTING, storage_error, write_atomic
 from ..errors import NotFoundError, StorageError
 
 log = logging.getLogger("iscene.jobs")
@@ -51,6 +52,7 @@ class JobRecord:
     parent: str | None = None
     params: dict = field(default_factory=dict)
     error: dict | None = None
+    stopped_at: dict | None = None  # {stage, step, total}: the last progress of a job that failed or was cancelled
 
     @property
     def done(self) -> bool:
@@ -68,6 +70,11 @@ def _is_time(value, optional: bool) -> bool:
 def _is_error(value) -> bool:
     return value is None or (isinstance(value, dict) and all(isinstance(value.get(key), str)
                                                              for key in ("code", "message", "hint")))
+
+
+def _is_progress(value) -> bool:
+    return value is None or (isinstance(value, dict) and isinstance(value.get("stage"), str) and
+                             all(type(value.get(key)) is int for key in ("step", "total")))
 
 
 def validate_record(data, folder_name: str) -> JobRecord:
@@ -88,6 +95,7 @@ def validate_record(data, folder_name: str) -> JobRecord:
         "parent": parent is None or (isinstance(parent, str) and JOB_ID.match(parent) is not None),
         "params": isinstance(data.get("params", {}), dict),
         "error": _is_error(data.get("error")),
+        "stopped_at": _is_progress(data.get("stopped_at")),
     }
     bad = [name for name, ok in checks.items() if not ok]
     if bad:
@@ -232,21 +240,17 @@ class JobStore:
         cannot take the failed records does not stop this (they are failed in memory, :attr:`problem` says why)."""
         for record in self.list():
             if record.state == RUNNING:
-                try:
+                with contextlib.suppress(StorageError):  # saved once the disk takes writes again
                     self.update(record.id, state=FAILED, finished=time.time(), error={
                         "code": "server_restarted", "message": "the server restarted while this job was running",
                         "hint": "submit the job again (Retry)"})
-                except StorageError:
-                    pass  # saved once the disk takes writes again
         return sorted((r for r in self.list() if r.state == QUEUED), key=lambda r: r.created)
 
     def size(self, job_id: str) -> int:
         total = 0
         for path in (self.root / job_id).rglob("*"):
-            try:
+            with contextlib.suppress(OSError):  # removed while counting
                 total += path.stat().st_size if path.is_file() else 0
-            except OSError:
-                pass  # removed while counting
         return total
 
     def delete(self, job_id: str) -> None:

@@ -21,7 +21,7 @@ _backend = os.environ.get("ISCENE_ATTN_BACKEND", "auto").strip().lower() or "aut
 
 
 @functools.lru_cache(maxsize=1)
-def xformers_ops():
+def _xformers_ops():
     """The ``xformers.ops`` module, or None where xformers is missing or unusable."""
     try:
         import xformers.ops as xops
@@ -31,12 +31,12 @@ def xformers_ops():
 
 
 def xformers_available() -> bool:
-    return xformers_ops() is not None
+    return _xformers_ops() is not None
 
 
 def set_attention_backend(name: str) -> None:
     """Select the attention backend for every network in this process."""
-    global _backend
+    global _backend  # noqa: PLW0603 - one process-wide setting, by design (module docstring)
     name = name.strip().lower()
     if name not in BACKENDS:
         raise ValueError(f"unknown attention backend {name!r}; choose one of {', '.join(BACKENDS)}")
@@ -44,10 +44,6 @@ def set_attention_backend(name: str) -> None:
         raise ValueError("attention backend 'xformers' was requested but xformers is not installed "
                          "(pip install 'iscene-server[cuda]')")
     _backend = name
-
-
-def get_attention_backend() -> str:
-    return _backend
 
 
 def resolve_backend(device: torch.device) -> str:
@@ -69,7 +65,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     """
     backend = resolve_backend(q.device)
     if backend == "xformers" and valid_keys is None:
-        return xformers_ops().memory_efficient_attention(q, k, v)
+        return _xformers_ops().memory_efficient_attention(q, k, v)
     q, k, v = (x.transpose(1, 2) for x in (q, k, v))
     mask = None if valid_keys is None else valid_keys[:, None, None, :]  # [B, 1, 1, Lk] over heads and queries
     if backend == "naive":
@@ -80,3 +76,14 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     else:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return out.transpose(1, 2)
+
+
+def block_diagonal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_lengths: list[int],
+                             kv_lengths: list[int] | None = None) -> torch.Tensor:
+    """xformers attention over segments packed along the rows, in one kernel: ``q [Nq, H, D]`` and ``k, v
+    [Nk, H, D]`` hold consecutive segments of ``q_lengths`` and ``kv_lengths`` rows (default: ``q_lengths``);
+    segment ``i`` of ``q`` attends to segment ``i`` of ``k, v`` only. Returns ``[Nq, H, D]``. Only for the
+    xformers backend: callers check :func:`resolve_backend` first."""
+    ops = _xformers_ops()
+    mask = ops.fmha.BlockDiagonalMask.from_seqlens(q_lengths, kv_lengths)
+    return ops.memory_efficient_attention(q[None], k[None], v[None], attn_bias=mask)[0]  # [1, Nq, H, D] -> [Nq, H, D]

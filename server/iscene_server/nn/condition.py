@@ -23,7 +23,7 @@ class ConditionRows:
     zero_rows: int
 
     @classmethod
-    def zeros_like(cls, tokens: torch.Tensor) -> "ConditionRows":
+    def zeros_like(cls, tokens: torch.Tensor) -> ConditionRows:
         """The all-zero condition with the shape of ``tokens [R, ..., T, C]``."""
         return cls(tokens[:0], tokens.shape[0])
 
@@ -50,13 +50,13 @@ class ConditionRows:
     def device(self) -> torch.device:
         return self.tokens.device
 
-    def type(self, dtype: torch.dtype) -> "ConditionRows":
+    def type(self, dtype: torch.dtype) -> ConditionRows:
         return ConditionRows(self.tokens.type(dtype), self.zero_rows)
 
-    def to(self, *args, **kwargs) -> "ConditionRows":
+    def to(self, *args, **kwargs) -> ConditionRows:
         return ConditionRows(self.tokens.to(*args, **kwargs), self.zero_rows)
 
-    def flatten(self, start_dim: int, end_dim: int) -> "ConditionRows":
+    def flatten(self, start_dim: int, end_dim: int) -> ConditionRows:
         """Merge the two leading axes (``[B, N, T, C]`` per-slot tokens into rows); only ``(0, 1)``."""
         if (start_dim, end_dim) != (0, 1):
             raise ValueError("ConditionRows can only merge its two leading (row) axes")

@@ -18,9 +18,9 @@ from .attention import attention
 from .precision import TorsoPrecision
 
 PRESETS = {
-    "dinov2_vitl14_reg": dict(img_size=518, patch_size=14, embed_dim=1024, depth=24, num_heads=16, mlp_ratio=4,
-                              init_values=1.0, ffn_layer="mlp", block_chunks=0, num_register_tokens=4,
-                              interpolate_antialias=True, interpolate_offset=0.0),
+    "dinov2_vitl14_reg": {"img_size": 518, "patch_size": 14, "embed_dim": 1024, "depth": 24, "num_heads": 16,
+                          "mlp_ratio": 4, "init_values": 1.0, "ffn_layer": "mlp", "block_chunks": 0,
+                          "num_register_tokens": 4, "interpolate_antialias": True, "interpolate_offset": 0.0},
 }
 # The tiny package's DINOv2 (tests, CI, offline demos): the release's layout at a small width and depth, named in
 # its config.yml exactly as the release names dinov2_vitl14_reg.
@@ -109,7 +109,7 @@ class DinoVisionTransformer(TorsoPrecision, nn.Module):
         return [self.blocks]
 
     @classmethod
-    def from_preset(cls, name: str, **overrides) -> "DinoVisionTransformer":
+    def from_preset(cls, name: str, **overrides) -> DinoVisionTransformer:
         if name not in PRESETS:
             raise ValueError(f"unknown DINOv2 model {name!r}; known: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})

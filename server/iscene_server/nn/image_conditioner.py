@@ -12,7 +12,7 @@ twice that. The full 24-block network is checked on CUDA by the parity command.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch
 import torch.nn as nn
@@ -64,13 +64,6 @@ class ImageConditioner(TorsoPrecision, nn.Module):
 
     def torso_modules(self) -> list[nn.Module]:
         return self.base_img_conditioner.torso_modules()
-
-    def expand_from(self, dinov2_rgb_state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """A state dict for this conditioner built from 3-channel DINOv2 weights (patch kernel widened)."""
-        state = {f"base_img_conditioner.{k}": v for k, v in dinov2_rgb_state.items()}
-        key = "base_img_conditioner.patch_embed.proj.weight"
-        state[key] = expand_patch_embedding(state[key], self.cond_in_channels)
-        return state
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """``images [B, C, 518, 518]`` in [0, 1] -> condition tokens ``[B, T, C_model]`` (float32)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch.nn as nn
 

@@ -100,7 +100,7 @@ class SLatFlowModel(TorsoPrecision, nn.Module):
         for block in self.blocks:
             feats = block(feats, emb, cond, tokens)
         h = h.replace(feats)
-        for block, skip in zip(self.out_blocks, reversed(skips)):
+        for block, skip in zip(self.out_blocks, reversed(skips), strict=True):
             h = block(h.replace(torch.cat([h.feats, skip], dim=1)), emb)
         feats = F.layer_norm(h.feats, h.feats.shape[-1:])
         return h.replace(self.out_layer(feats.type(x.dtype)))

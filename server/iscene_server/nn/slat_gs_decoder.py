@@ -7,13 +7,14 @@ opacity), decoded into world-space 3D Gaussian parameters by :meth:`SLatGaussian
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..geometry.voxels import voxel_centres
 from .sparse import SparseTensor
 from .sparse_transformer import SparseTransformerBase
 
@@ -90,7 +91,7 @@ class SLatGaussianDecoder(SparseTransformerBase):
             offset = parts["_xyz"]
             if self.rep.get("perturb_offset", False):
                 offset = offset + self.offset_perturbation
-            centre = (coords.float() + 0.5) / self.resolution
+            centre = voxel_centres(coords.float(), self.resolution) + 0.5  # [N, 3] in the raw frame [0, 1]^3
             raw_xyz = (centre[:, None] + torch.tanh(offset) / self.resolution * 0.5 * self.rep["voxel_size"])
             results.append(self._activate(raw_xyz.flatten(0, 1), parts))
         return results

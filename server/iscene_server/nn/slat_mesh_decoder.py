@@ -7,7 +7,7 @@ Turning that into a mesh is :mod:`iscene_server.geometry.flexicubes`' job.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import torch.nn as nn
 import torch.nn.functional as F

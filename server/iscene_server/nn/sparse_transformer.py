@@ -25,13 +25,13 @@ class TokenBatch:
 
     batch_index: torch.Tensor
     items: Segments
-    _heads: dict[int, tuple[int, "TokenBatch"]] = field(default_factory=dict, compare=False, repr=False)
+    _heads: dict[int, tuple[int, TokenBatch]] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
-    def of(cls, x: SparseTensor) -> "TokenBatch":
+    def of(cls, x: SparseTensor) -> TokenBatch:
         return x.cache.get_or_build("token_batch", lambda: cls(x.batch_index(), Segments(x.batch_lengths())))
 
-    def head(self, items: int) -> tuple[int, "TokenBatch"]:
+    def head(self, items: int) -> tuple[int, TokenBatch]:
         """The number of rows of the first ``items`` batch items (they lead: rows are in batch order), and
         their token batch; no host sync (the lengths are host-side)."""
         if items not in self._heads:

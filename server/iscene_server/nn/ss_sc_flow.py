@@ -44,20 +44,20 @@ class SlotLayout:
     self_rows: torch.Tensor
 
     @classmethod
-    def _from_groups(cls, groups: torch.Tensor, num_rows: int) -> "SlotLayout":
+    def _from_groups(cls, groups: torch.Tensor, num_rows: int) -> SlotLayout:
         query = groups[:, 0]
         is_query = torch.zeros(num_rows, dtype=torch.bool)
         is_query[query] = True
         return cls(query, groups, torch.nonzero(~is_query).flatten())
 
     @classmethod
-    def grouped(cls, batch: int, num_slots: int) -> "SlotLayout":
+    def grouped(cls, batch: int, num_slots: int) -> SlotLayout:
         """The reference layout: row ``b*N + n`` is slot ``n`` of instance ``b``."""
         groups = torch.arange(batch)[:, None] * num_slots + torch.arange(num_slots)
         return cls._from_groups(groups, batch * num_slots)
 
     @classmethod
-    def shared_scene(cls, batch: int, num_slots: int) -> "SlotLayout":
+    def shared_scene(cls, batch: int, num_slots: int) -> SlotLayout:
         """Row 0 is the scene slot shared by all instances; instance ``b`` owns rows
         ``1 + b*(N-1) ..`` for its other slots, in slot order."""
         own = 1 + torch.arange(batch)[:, None] * (num_slots - 1) + torch.arange(num_slots - 1)
@@ -65,10 +65,10 @@ class SlotLayout:
         groups = torch.cat([own[:, :SCENE_SLOT], scene, own[:, SCENE_SLOT:]], dim=1)
         return cls._from_groups(groups, 1 + batch * (num_slots - 1))
 
-    def to(self, device: torch.device) -> "SlotLayout":
+    def to(self, device: torch.device) -> SlotLayout:
         return SlotLayout(self.query_rows.to(device), self.context_rows.to(device), self.self_rows.to(device))
 
-    def repeated(self, copies: int, num_rows: int) -> "SlotLayout":
+    def repeated(self, copies: int, num_rows: int) -> SlotLayout:
         """The layout of ``copies`` stacked copies of a ``num_rows``-row batch (copy ``i`` at rows
         ``i * num_rows ..``)."""
         shifts = torch.arange(copies, device=self.query_rows.device) * num_rows
@@ -80,7 +80,7 @@ class SlotRowsDenoiser:
     """The denoiser over slot rows laid out as ``layout``: ``model(x, t, cond)`` for samplers, and
     :meth:`paired` for the conditional and unconditional passes in one call."""
 
-    def __init__(self, model: "SparseStructureSceneContextFlowModel", layout: SlotLayout):
+    def __init__(self, model: SparseStructureSceneContextFlowModel, layout: SlotLayout):
         self.model = model
         self.layout = layout
         self._doubled: dict[int, SlotLayout] = {}
@@ -143,8 +143,8 @@ class SceneContextCrossBlock(ModulatedTransformerCrossBlock):
 
     def __init__(self, *args, num_slots: int, enable_gate: bool, enable_k_bias: bool, k_bias_scale: float,
                  **kwargs):
-        self._scene_context_args = dict(num_slots=num_slots, enable_gate=enable_gate,
-                                        enable_k_bias=enable_k_bias, k_bias_scale=k_bias_scale)
+        self._scene_context_args = {"num_slots": num_slots, "enable_gate": enable_gate,
+                                    "enable_k_bias": enable_k_bias, "k_bias_scale": k_bias_scale}
         super().__init__(*args, **kwargs)
 
     def make_self_attention(self, channels: int, num_heads: int, qk_rms_norm: bool) -> nn.Module:

@@ -7,13 +7,13 @@ compared in float32 on the CPU.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
 from ..engine.packages.checkpoints import load_strict
-from ..engine.preprocess import build_slots, scene_from_arrays
+from ..engine.preprocess import build_slots
 from ..engine.samplers import FlowEulerSampler, Guidance, time_schedule
 from ..engine.stage1 import slot_noise
 from ..nn.dinov2 import DinoVisionTransformer
@@ -21,6 +21,7 @@ from ..nn.image_conditioner import ImageConditioner, expand_patch_embedding, ima
 from ..nn.registry import build_network
 from ..nn.sparse import SparseTensor
 from .checks import Check
+from .inputs import scene_input
 from .precision import Precision
 
 Tensors = dict[str, torch.Tensor]
@@ -129,8 +130,9 @@ def _sampler(class_name: str) -> Case:
 
 def _preprocess(tensors: Tensors, sidecar: dict, precision: Precision) -> list[Check]:
     """Slot images at the README's tolerances: 1e-5 on the stored pixels, 1e-3 on float64 row/column sums
-    (NumPy on the CPU whatever the run's device and dtype)."""
-    scene = scene_from_arrays(tensors["input.scene_rgb_u8"].numpy(), tensors["input.label_map_u8"].numpy())
+    (NumPy on the CPU whatever the run's device and dtype). The inputs are decoded as uploads are
+    (:mod:`.inputs`), in whatever encoding the vector stores them."""
+    scene = scene_input(tensors)
     slots = build_slots(scene, sidecar.get("exp_setting", "global local"))
     checks = [Check("output.label_ids", np.array(slots.label_ids, dtype=np.int32), tensors["output.label_ids"])]
     for i in range(len(slots.label_ids)):

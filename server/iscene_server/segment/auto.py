@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .model import ImageEmbedding, SamSegmenter
-from .prompts import SegmentRequest
+from .prompts import SegmentPrompts
 
 POINTS_PER_BATCH = 64
 STABILITY_OFFSET = 1.0
@@ -74,7 +74,7 @@ def _iou(intersections: torch.Tensor, areas_a: torch.Tensor, areas_b: torch.Tens
     return intersections / unions.clamp(min=1)
 
 
-def propose_masks(segmenter: SamSegmenter, embedding: ImageEmbedding, request: SegmentRequest,
+def propose_masks(segmenter: SamSegmenter, embedding: ImageEmbedding, request: SegmentPrompts,
                   step: Callable[[int], None] = lambda done: None) -> tuple[torch.Tensor, torch.Tensor]:
     """The grid's masks that pass the filters and the suppression: logits ``[K, 256, 256]`` and scores ``[K]``,
     best first. ``step(batches done)`` is called after each batch of grid points."""

@@ -99,7 +99,8 @@ class LabelAssembler:
     def _segments(self, labels: np.ndarray, survivors: list[int]) -> list[dict]:
         areas = np.bincount(labels.ravel(), minlength=len(survivors) + 1)
         segments = []
-        for new_id, (index, box) in enumerate(zip(survivors, ndimage.find_objects(labels)), 1):
+        boxes = ndimage.find_objects(labels, max_label=len(survivors))  # every survivor keeps at least one pixel
+        for new_id, (index, box) in enumerate(zip(survivors, boxes, strict=True), 1):
             score, prompt, _ = self.entries[index - 1]
             rows, cols = box
             segments.append({"id": new_id, "score": round(score, 6), "area": int(areas[new_id]),

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from safetensors import SafetensorError
 
-from ..engine.packages.loader import resolve_device, resolve_dtype
+from ..devices import resolve_device, resolve_dtype
 from ..engine.packages.source import REPO_ID
 from ..errors import ModelPackageError
 from . import DEFAULT_SEGMENT_MODEL

@@ -17,12 +17,12 @@ from ..errors import InputError
 from .auto import grid_batches, propose_masks
 from .labels import LabelAssembler, Segmentation, write_segmentation
 from .model import SamSegmenter
-from .prompts import SegmentRequest, parse_prompts
+from .prompts import SegmentPrompts, parse_prompts
 
 UPSCALE_BATCH = 8  # masks brought to full resolution at once
 
 
-def segment_image(segmenter: SamSegmenter, rgb: np.ndarray, request: SegmentRequest,
+def segment_image(segmenter: SamSegmenter, rgb: np.ndarray, request: SegmentPrompts,
                   tracker: ProgressTracker) -> Segmentation:
     """The label map of ``rgb`` (``uint8 [H, W, 3]``) for ``request``; fails if no object is left."""
     tracker.begin("loading segmentation model")
@@ -52,7 +52,7 @@ def segment_image(segmenter: SamSegmenter, rgb: np.ndarray, request: SegmentRequ
     return segmentation
 
 
-def _nothing_found(request: SegmentRequest) -> str:
+def _nothing_found(request: SegmentPrompts) -> str:
     if request.auto:
         return (f"no object was found: none of the {request.points_per_side}² grid points gave a mask that passed "
                 f"min_score {request.min_score:g}, min_stability {request.min_stability:g} and "
@@ -61,10 +61,11 @@ def _nothing_found(request: SegmentRequest) -> str:
             f"other masks, or in fragments smaller than min_area {request.min_area:g})")
 
 
-def segment_to_files(segmenter: SamSegmenter, image: ImageSource, prompts: Mapping, labels_path: str | Path,
-                     json_path: str | Path, tracker: ProgressTracker, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """Decode ``image``, check ``prompts`` (schema-checked ``SegmentPrompts`` data) against it, segment, and
-    write the label map and its description; returns the ``segments.json`` content."""
+def segment_to_files(segmenter: SamSegmenter, image: ImageSource, prompts: SegmentPrompts | Mapping,
+                     labels_path: str | Path, json_path: str | Path, tracker: ProgressTracker,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Decode ``image``, check ``prompts`` (``SegmentPrompts``, or the data a job stored of them) against it,
+    segment, and write the label map and its description; returns the ``segments.json`` content."""
     rgb = to_rgb(open_image(image, what="image", max_pixels=max_pixels))
     request = parse_prompts(prompts, rgb.size)
     segmentation = segment_image(segmenter, np.asarray(rgb), request, tracker)

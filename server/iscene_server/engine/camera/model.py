@@ -48,6 +48,10 @@ class Camera:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
 
     @property
+    def perspective(self) -> bool:
+        return self.kind == PERSPECTIVE
+
+    @property
     def position(self) -> np.ndarray:
         """The camera centre in S (for orthographic cameras: a point on the view axis, in front of the scene)."""
         return -self.rotation.T @ self.translation
@@ -59,7 +63,7 @@ class Camera:
         """Pixel coordinates ``[N, 2]`` and depths ``[N]`` of scene-frame points ``[N, 3]``."""
         c = self.to_camera(points)
         depth = c[:, 2]
-        if self.kind == PERSPECTIVE:
+        if self.perspective:
             xy = c[:, :2] / np.where(np.abs(depth) < 1e-9, 1e-9, depth)[:, None]
         else:
             xy = c[:, :2]

@@ -16,6 +16,7 @@ from torch import nn
 from ...errors import ModelPackageError
 
 _MAX_LISTED = 5
+SOURCE_STAMP_KEY = "source_stamp"  # metadata of a converted copy: the stamp of the .pt it was made from
 
 
 def display_name(path: Path) -> str:
@@ -54,16 +55,20 @@ def _cache_dir() -> Path:
     return Path(root) / "iscene" / "converted"
 
 
-def _stamp(path: Path) -> str:
-    stat = path.stat()
-    return f"{stat.st_size}:{int(stat.st_mtime)}"
+def source_stamp(path: Path) -> str:
+    """What a converted copy records of its source: size, inode and the nanosecond modification and change
+    times. The change time (``st_ctime_ns``) cannot be set back by a program, so a same-sized rewrite that keeps
+    the old modification time (``cp -p``, rsync, tar, ``os.utime``) still reads as changed; a stat costs nothing,
+    unlike hashing gigabytes of weights on every start."""
+    info = path.stat()
+    return f"{info.st_size}:{info.st_ino}:{info.st_mtime_ns}:{info.st_ctime_ns}"
 
 
 def _is_current(converted: Path, stamp: str) -> bool:
     try:
         with safe_open(str(converted), "pt") as f:
-            return (f.metadata() or {}).get("source_stamp") == stamp
-    except Exception:
+            return (f.metadata() or {}).get(SOURCE_STAMP_KEY) == stamp
+    except Exception:  # a damaged or foreign file is simply not a current copy
         return False
 
 
@@ -71,24 +76,25 @@ def safetensors_for(pt_path: Path) -> Path:
     """The safetensors copy of a ``.pt`` checkpoint, written next to it on first use.
 
     Later loads memory-map the copy instead of unpickling. Where the package folder is read-only the copy
-    goes to ``~/.cache/iscene/converted``. A copy whose recorded source size/mtime no longer matches is
-    rewritten.
+    goes to ``~/.cache/iscene/converted``. A copy whose recorded source stamp (:func:`source_stamp`) no longer
+    matches the file is rewritten.
     """
     pt_path = Path(pt_path)
-    stamp = _stamp(pt_path.resolve())
+    source = source_stamp(pt_path.resolve())
     beside = pt_path.with_suffix(".safetensors")
-    digest = hashlib.sha256(str(pt_path.resolve()).encode()).hexdigest()[:16]
-    fallback = _cache_dir() / f"{pt_path.stem}-{digest}.safetensors"
+    path_key = hashlib.sha256(str(pt_path.resolve()).encode()).hexdigest()[:16]
+    fallback = _cache_dir() / f"{pt_path.stem}-{path_key}.safetensors"
     for candidate in (beside, fallback):
-        if candidate.is_file() and _is_current(candidate, stamp):
+        if candidate.is_file() and _is_current(candidate, source):
             return candidate
     state = {k: v.contiguous().clone() for k, v in read_torch_checkpoint(pt_path).items()}
-    metadata = {"source": pt_path.name, "source_stamp": stamp}
+    metadata = {"source": pt_path.name, SOURCE_STAMP_KEY: source}
     for target in (beside, fallback):
         if _write_atomically(state, target, metadata):
             return target
     raise ModelPackageError(f"cannot write a safetensors copy of {display_name(pt_path)}",
-                            f"make {beside.parent} or {fallback.parent} writable")
+                            f"make the package's {beside.parent.name}/ folder writable, or the user cache "
+                            f"(iscene/converted under XDG_CACHE_HOME or ~/.cache)")
 
 
 def _write_atomically(state: dict[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> bool:

@@ -87,7 +87,7 @@ class TrellisPackage:
     pipeline: dict = field(repr=False)
 
     @classmethod
-    def open(cls, source: PackageSource) -> "TrellisPackage":
+    def open(cls, source: PackageSource) -> TrellisPackage:
         pipeline = read_json(source, PIPELINE_JSON)
         _mapping(pipeline, "args.models", f"{PIPELINE_JSON} of {source.id}")
         return cls(source, pipeline)
@@ -127,7 +127,7 @@ class IScenePackage:
     base: TrellisPackage
 
     @classmethod
-    def open(cls, spec: str | Path | PackageSource) -> "IScenePackage":
+    def open(cls, spec: str | Path | PackageSource) -> IScenePackage:
         source = spec if isinstance(spec, PackageSource) else PackageSource(spec)
         if not source.has(ISCENE_CONFIG_JSON):
             hint = ("this is a TRELLIS package; I-Scene needs its own package (e.g. LuLing/IScene), which "

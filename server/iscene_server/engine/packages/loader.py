@@ -14,27 +14,6 @@ from ...nn.registry import build_network
 from .checkpoints import load_strict, read_checkpoint
 from .layouts import IScenePackage, NetworkSpec
 
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelPackageError("CUDA was requested but this PyTorch build sees no CUDA device",
-                                "install a CUDA build of PyTorch, or run with --device cpu")
-    return device
-
-
-def resolve_dtype(device: torch.device, name: str = "auto") -> torch.dtype:
-    """Half-precision torsos on CUDA (float16 unless asked otherwise), float32 on the CPU."""
-    if name != "auto" and name not in DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; choose auto, {', '.join(DTYPES)}")
-    if device.type != "cuda":
-        return torch.float32
-    return torch.float16 if name == "auto" else DTYPES[name]
-
 
 def runs_half_torso(net: nn.Module, spec: NetworkSpec) -> bool:
     """Whether ``net``'s torso takes the pipeline's half dtype: its config says ``use_fp16`` (as released), or
@@ -81,6 +60,3 @@ class ModelSet:
                     compile_network(net)
                 self._networks[role] = net
             return self._networks[role]
-
-    def loaded(self) -> list[str]:
-        return list(self._networks)

@@ -66,7 +66,7 @@ class PackageSource:
     def __repr__(self) -> str:
         return f"PackageSource({self.id!r})"
 
-    def resolve(self, spec: str) -> "PackageSource":
+    def resolve(self, spec: str) -> PackageSource:
         """Another package named from inside this one (a repo id, or a folder relative to this package)."""
         return PackageSource(spec, relative_to=self.local_root)
 

@@ -67,7 +67,7 @@ def crop_bbox(mask: np.ndarray) -> Box:
 
 def pixel_box(box: Box) -> tuple[int, int, int, int]:
     """The integer box Pillow's ``Image.crop`` uses for a float box (Python ``round``: halves to even)."""
-    left, upper, right, lower = (int(round(float(v))) for v in box)
+    left, upper, right, lower = (round(float(v)) for v in box)
     return left, upper, right, lower
 
 

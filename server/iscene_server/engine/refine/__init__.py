@@ -1,7 +1,2 @@
-"""Refine geometry: moving instances' stage-1 occupancy by the artist's edits and re-rendering the edited layout."""
-
-from .raster import Rendering, RenderMesh, render_instances, transform_mesh
-from .voxels import TransformResult, check_matrix, occupancy_grid, transform_voxels, union
-
-__all__ = ["RenderMesh", "Rendering", "TransformResult", "check_matrix", "occupancy_grid", "render_instances",
-           "transform_mesh", "transform_voxels", "union"]
+"""Refine: re-generating a finished scene coherently with the artist's edits (:mod:`.scene`); the voxel and
+raster geometry it uses lives in ``geometry/`` (``voxels``, ``affine``, ``raster``)."""

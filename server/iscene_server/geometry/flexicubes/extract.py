@@ -145,7 +145,7 @@ def _empty_mesh(device: torch.device) -> ExtractedMesh:
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _table(name: str, device: torch.device) -> torch.Tensor:
     """One of the lookup tables as an int64 tensor on ``device`` (built once per device)."""
     data = {

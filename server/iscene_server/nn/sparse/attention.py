@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attention import attention, resolve_backend, xformers_ops
+from ..attention import attention, block_diagonal_attention, resolve_backend
 
 PADDED_TOKENS_PER_CALL = 1 << 17  # padded rows per attention call (bounds the padded q/k/v copies)
 
@@ -36,8 +36,10 @@ class PaddedBatch:
     kept: torch.Tensor | None
     rows: torch.Tensor
 
-    def to(self, device: torch.device) -> "PaddedBatch":
-        move = (lambda t: None if t is None else t.to(device))
+    def to(self, device: torch.device) -> PaddedBatch:
+        def move(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device)
+
         return PaddedBatch(self.length, move(self.segment_ids), move(self.gather), move(self.valid),
                            move(self.kept), move(self.rows))
 
@@ -82,7 +84,7 @@ class Segments:
             self._batches[key] = [batch.to(device) for batch in plan]
         return self._batches[key]
 
-    def head(self, count: int) -> "Segments":
+    def head(self, count: int) -> Segments:
         """The first ``count`` segments (for ``order`` None: the rows before ``sum(lengths[:count])``)."""
         if self.order is not None:
             raise ValueError("only segments in row order can be cut")
@@ -116,9 +118,7 @@ def segmented_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segme
     """Self-attention of ``q, k, v [N, H, D]`` within each segment; returns ``[N, H, D]``."""
     if resolve_backend(q.device) == "xformers":
         q, k, v = (_grouped(t, segments) for t in (q, k, v))
-        mask = xformers_ops().fmha.BlockDiagonalMask.from_seqlens(segments.lengths)
-        out = xformers_ops().memory_efficient_attention(q[None], k[None], v[None], attn_bias=mask)[0]
-        return _ungrouped(out, segments)
+        return _ungrouped(block_diagonal_attention(q, k, v, segments.lengths), segments)
     out = torch.empty_like(q)
     for batch in segments.padded_batches(q.device):
         _scatter(out, attention(_padded(q, batch), _padded(k, batch), _padded(v, batch), batch.valid), batch)
@@ -128,10 +128,8 @@ def segmented_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segme
 def segmented_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, segments: Segments) -> torch.Tensor:
     """Rows of segment ``b`` of ``q [N, H, D]`` attend to context ``k, v [B, T, H, D]`` item ``b``."""
     if resolve_backend(q.device) == "xformers":
-        q = _grouped(q, segments)
-        mask = xformers_ops().fmha.BlockDiagonalMask.from_seqlens(segments.lengths, [k.shape[1]] * k.shape[0])
-        out = xformers_ops().memory_efficient_attention(q[None], k.flatten(0, 1)[None], v.flatten(0, 1)[None],
-                                                        attn_bias=mask)[0]
+        out = block_diagonal_attention(_grouped(q, segments), k.flatten(0, 1), v.flatten(0, 1), segments.lengths,
+                                       [k.shape[1]] * k.shape[0])  # context item b: rows [b T, (b + 1) T)
         return _ungrouped(out, segments)
     out = torch.empty_like(q)
     for batch in segments.padded_batches(q.device):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -45,11 +46,11 @@ class SparseTensor:
 
     def batch_index(self) -> torch.Tensor:
         """The batch item of every row ``[N]`` (int64)."""
-        return self.cache.get_or_build("batch_index", lambda: self.coords[:, 0].long())
+        return self.cache.get_or_build("batch_index", self.coords[:, 0].long)
 
     def batch_slices(self) -> list[slice]:
         ends = torch.tensor(self.batch_lengths()).cumsum(0).tolist()
-        return [slice(e - n, e) for e, n in zip(ends, self.batch_lengths())]
+        return [slice(e - n, e) for e, n in zip(ends, self.batch_lengths(), strict=True)]
 
     # --- tensor-like interface --------------------------------------------------------------------
     @property
@@ -64,20 +65,20 @@ class SparseTensor:
     def dtype(self) -> torch.dtype:
         return self.feats.dtype
 
-    def replace(self, feats: torch.Tensor) -> "SparseTensor":
+    def replace(self, feats: torch.Tensor) -> SparseTensor:
         """New features on the same coordinates (and the same cache)."""
         return SparseTensor(feats, self.coords, self.batch_size, self.cache)
 
-    def type(self, dtype: torch.dtype) -> "SparseTensor":
+    def type(self, dtype: torch.dtype) -> SparseTensor:
         return self.replace(self.feats.type(dtype))
 
-    def float(self) -> "SparseTensor":
+    def float(self) -> SparseTensor:
         return self.type(torch.float32)
 
-    def to(self, device) -> "SparseTensor":
+    def to(self, device) -> SparseTensor:
         return SparseTensor(self.feats.to(device), self.coords.to(device), self.batch_size)
 
-    def repeat_batch(self, copies: int) -> "SparseTensor":
+    def repeat_batch(self, copies: int) -> SparseTensor:
         """The batch repeated ``copies`` times (copy ``i`` of item ``b`` is item ``b + i B``). The repeated
         coordinates and their cache are built once and kept in this tensor's cache."""
 
@@ -90,7 +91,7 @@ class SparseTensor:
         coords, cache = self.cache.get_or_build(("repeat_batch", copies), build)
         return SparseTensor(self.feats.repeat(copies, 1), coords, self.batch_size * copies, cache)
 
-    def __getitem__(self, item: int) -> "SparseTensor":
+    def __getitem__(self, item: int) -> SparseTensor:
         """Batch item ``item`` as a one-item tensor (batch index 0)."""
         rows = self.batch_slices()[item]
         coords = self.coords[rows].clone()

@@ -1,9 +1,9 @@
-"""A small vectorised triangle rasteriser (PyTorch, CPU or CUDA) for re-rendering the edited layout.
+"""A small vectorised triangle rasteriser (PyTorch, CPU or CUDA): instance meshes seen through a camera.
 
 Design:
-- Vertices are projected with ``Camera.project``; pixel ``(x, y)`` is sampled at its centre ``(x + 0.5, y + 0.5)``
-  in image pixel coordinates (the camera's convention). No antialiasing: every pixel belongs to one face or to
-  the background, so instance ids are exact.
+- Vertices are projected with the camera's ``project`` (:class:`ProjectingCamera`); pixel ``(x, y)`` is sampled
+  at its centre ``(x + 0.5, y + 0.5)`` in image pixel coordinates (the camera's convention). No antialiasing:
+  every pixel belongs to one face or to the background, so instance ids are exact.
 - Coverage is exact integer arithmetic, as in hardware rasterisers: screen positions are snapped to 1/256 pixel
   and the edge functions ``w = A x + B y + C`` are evaluated in int64 (no overflow within the guard band of
   +-2^21 pixels; faces reaching beyond it are dropped). A top-left rule settles ``w == 0``, so a pixel centre on an
@@ -24,12 +24,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from ..camera.model import PERSPECTIVE
-from .voxels import check_matrix, no_check
+from ..checks import no_check
 
 NEAR = 1e-4
 FRAGMENT_BUDGET = 1 << 19  # fragments evaluated at once (about 80 MB of temporaries)
@@ -37,6 +37,19 @@ FACE_CHUNK = 1 << 15  # faces projected and culled between two cancellation chec
 FACE_BITS = 32
 SUBPIXEL = 256  # fixed-point steps per pixel
 GUARD_BAND = float(1 << 21)  # pixels; keeps every int64 edge-function term below 2^61
+
+
+class ProjectingCamera(Protocol):
+    """What the rasteriser needs of a camera (``engine.camera.Camera`` is one)."""
+
+    image_size: tuple[int, int]  # (W, H) pixels
+
+    @property
+    def perspective(self) -> bool:
+        """Whether depth divides the image coordinates (else an orthographic projection)."""
+
+    def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pixel coordinates ``[N, 2]`` (pixel (0, 0)'s top-left corner at 0) and depths ``[N]`` of S points."""
 
 
 @dataclass
@@ -66,14 +79,6 @@ class Faces:
     labels: torch.Tensor  # [F] int64
 
 
-def transform_mesh(vertices: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Vertices ``[V, 3]`` moved by the 4x4 affine matrix (column-vector convention), keeping a float dtype."""
-    m = check_matrix(matrix)
-    v = np.asarray(vertices)
-    moved = v.astype(np.float64).reshape(-1, 3) @ m[:3, :3].T + m[:3, 3]
-    return moved.astype(v.dtype if np.issubdtype(v.dtype, np.floating) else np.float64)
-
-
 def check_mesh(mesh: RenderMesh) -> None:
     v, f, c = np.asarray(mesh.vertices), np.asarray(mesh.faces), np.asarray(mesh.colors)
     if v.ndim != 2 or v.shape[1] != 3:
@@ -90,7 +95,7 @@ def check_mesh(mesh: RenderMesh) -> None:
         raise ValueError(f"mesh label must be > 0 (0 is the background), got {mesh.label}")
 
 
-def output_frame(camera, size: tuple[int, int] | None,
+def output_frame(camera: ProjectingCamera, size: tuple[int, int] | None,
                  region: tuple[float, float, float, float] | None) -> tuple[int, int, np.ndarray, np.ndarray]:
     """Output ``(W, H)`` and the affine map ``out = (uv - origin) * scale`` from camera-image pixels to it.
 
@@ -161,7 +166,8 @@ def unit_colors(colors: np.ndarray) -> np.ndarray:
     return np.clip(c.astype(np.float64) / scale, 0.0, 1.0)
 
 
-def project_mesh(mesh: RenderMesh, camera, origin: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, ...]:
+def project_mesh(mesh: RenderMesh, camera: ProjectingCamera, origin: np.ndarray,
+                 scale: np.ndarray) -> tuple[np.ndarray, ...]:
     """One mesh's per-face corner pixels ``[F, 3, 2]``, depths ``[F, 3]``, colours ``[F, 3, 3]`` and labels ``[F]``."""
     faces = np.asarray(mesh.faces, dtype=np.int64).reshape(-1, 3)
     uv, z = camera.project(np.asarray(mesh.vertices, dtype=np.float64))
@@ -183,8 +189,8 @@ def cull_faces(corners: torch.Tensor, depth: torch.Tensor, colors: torch.Tensor,
     return Faces(fixed[visible], depth[visible], lines, owns_edges(lines), colors[visible], labels[visible])
 
 
-def gather_faces(meshes: list[RenderMesh], camera, origin: np.ndarray, scale: np.ndarray, near: float,
-                 device: torch.device, check: Callable[[], None] = no_check) -> Faces:
+def gather_faces(meshes: list[RenderMesh], camera: ProjectingCamera, origin: np.ndarray, scale: np.ndarray,
+                 near: float, device: torch.device, check: Callable[[], None] = no_check) -> Faces:
     """Every mesh's faces, projected and culled (:func:`cull_faces`) in chunks of at most ``FACE_CHUNK`` faces,
     with ``check()`` before each mesh and each chunk."""
     parts = []
@@ -345,7 +351,7 @@ def shade(faces: Faces, keys: torch.Tensor, width: int, height: int, perspective
                      depth.reshape(height, width).cpu().numpy())
 
 
-def render_instances(meshes: list[RenderMesh], camera, *, size: tuple[int, int] | None = None,
+def render_instances(meshes: list[RenderMesh], camera: ProjectingCamera, *, size: tuple[int, int] | None = None,
                      region: tuple[float, float, float, float] | None = None, near: float = NEAR,
                      device: str | torch.device | None = None, budget: int = FRAGMENT_BUDGET,
                      check: Callable[[], None] = no_check) -> Rendering:
@@ -359,7 +365,7 @@ def render_instances(meshes: list[RenderMesh], camera, *, size: tuple[int, int] 
         check_mesh(mesh)
     width, height, origin, scale = output_frame(camera, size, region)
     device = torch.device(device or "cpu")
-    perspective = camera.kind == PERSPECTIVE
+    perspective = camera.perspective
     faces = gather_faces(meshes, camera, origin, scale, near, device, check)
     if len(faces.labels) >= 1 << (FACE_BITS - 1):
         raise ValueError(f"too many faces to render at once: {len(faces.labels)}")

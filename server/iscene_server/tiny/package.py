@@ -16,17 +16,18 @@ import torch.nn as nn
 import yaml
 from safetensors.torch import save_file
 
-from ... import segment
-from ...nn.precision import TorsoPrecision
-from ...nn.registry import build_network
-from ...nn.slat_mesh_decoder import MESH_CHANNELS, SLatMeshDecoder
-from ...nn.ss_decoder import SparseStructureDecoder
-from ...segment.model import PACKAGE_FOLDER
-from .layouts import ISCENE_CONFIG_JSON, PIPELINE_JSON, SS_ENCODER_STEM
+from .. import segment
+from ..engine.packages.layouts import ISCENE_CONFIG_JSON, PIPELINE_JSON, SS_ENCODER_STEM
+from ..nn.precision import TorsoPrecision
+from ..nn.registry import build_network
+from ..nn.slat_mesh_decoder import MESH_CHANNELS, SLatMeshDecoder
+from ..nn.ss_decoder import SparseStructureDecoder
+from ..segment.model import PACKAGE_FOLDER
+from .sam import write_tiny_sam
 
 BASE_DIR = "trellis-image-tiny"
 SEED = 20260101
-OCCUPANCY_FRACTION = 0.006  # of the 64^3 grid; keeps tiny stage-2 work small on a CPU
+OCCUPANCY_FRACTION = 0.002  # of the 64^3 grid (~500 cells): keeps tiny stage-2 and mesh work small on a CPU
 
 RELEASED_SLAT_NORMALIZATION = {
     "mean": [-2.1687545776367188, -0.004347046371549368, -0.13352349400520325, -0.08418072760105133,
@@ -222,6 +223,5 @@ def write_tiny_package(directory: str | Path, seed: int = SEED, release_sizes: b
     conditioner = _seeded("ImageConditioner", sizes["image_conditioner"], seed + 101)
     torch.save(_stored_state(conditioner, False), root / "ckpts" / "iscene_image_conditioner.pt")
     if segment.available():
-        from ...segment.tiny import write_tiny_sam
         write_tiny_sam(root / PACKAGE_FOLDER, seed + 200, release_sizes)
     return root

@@ -1,15 +1,16 @@
-"""The one way the job store and the results writer write a file: whole or not at all, and a disk that cannot
-take it reported as an error the user can act on (no server paths in the message)."""
+"""The one way the job store, the results writer and the GLB/PLY writers write a file: whole or not at all, and
+a disk that cannot take it reported as an error the user can act on (no server paths in the message)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from ..errors import DiskFullError, StorageError
+from .errors import DiskFullError, StorageError
 
 DATA_DIR_SETTING = "--data-dir"  # how a user names the folder the server writes in
 DISK_FULL = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -29,10 +30,12 @@ def storage_error(exc: OSError, setting: str = DATA_DIR_SETTING) -> StorageError
     return None
 
 
-def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], None], setting: str = DATA_DIR_SETTING) -> None:
+def write_atomic(path: str | Path, content: bytes | Callable[[BinaryIO], None],
+                 setting: str = DATA_DIR_SETTING) -> Path:
     """Write ``content`` (bytes, or a function filling a binary file) to ``path`` through ``<path>.partial``
     and an atomic rename: readers see the old file or the new one, never a part. On failure the partial file is
     removed and a disk problem raised as :class:`StorageError` (:class:`DiskFullError` for a full disk)."""
+    path = Path(path)
     partial = path.with_name(path.name + ".partial")
     try:
         with open(partial, "wb") as file:
@@ -41,11 +44,10 @@ def write_atomic(path: Path, content: bytes | Callable[[BinaryIO], None], settin
             else:
                 file.write(content)
         os.replace(partial, path)
+        return path
     except OSError as exc:
-        try:
+        with contextlib.suppress(OSError):  # a read-only disk has no partial file to leave behind
             partial.unlink(missing_ok=True)
-        except OSError:
-            pass  # a read-only disk has no partial file to leave behind
         problem = storage_error(exc, setting)
         if problem is None:
             raise

@@ -1,15 +1,16 @@
-"""Moving an instance's stage-1 occupancy (cells of the 64^3 grid of the scene frame S) by an edit matrix.
+"""The voxel grid of the scene frame S, and moving an instance's occupancy (cells of it) by an edit matrix.
 
-The matrix maps scene-frame points ``p`` (cube [-0.5, 0.5]^3) to ``T p`` (homogeneous, column vectors). Cell
-``(i, j, k)`` covers the grid-space box ``[i, i+1) x [j, j+1) x [k, k+1)`` where grid space is ``q = (p + 0.5) * grid``,
-so its centre is ``(idx + 0.5) / grid - 0.5`` in S.
+S is the cube [-0.5, 0.5]^3 divided into ``GRID^3`` cells (stage-1 occupancy, the mesh and Gaussian decoders'
+voxels). Cell ``(i, j, k)`` covers the grid-space box ``[i, i+1) x [j, j+1) x [k, k+1)`` where grid space is
+``q = (p + 0.5) * grid``, so its centre is :func:`voxel_centres`.
 
-Resampling is done backwards: each candidate target cell is probed at ``supersample^3`` evenly spaced points, each
-point is mapped back into the source by the inverse matrix, and the target cell is occupied when at least half of
-its probes land in occupied source cells (the *majority rule*). Compared with "any probe", the majority rule keeps
-the volume unbiased (a cell is kept when about half of it or more is covered, so ``scale s`` gives about ``s^3`` times
-the cells, instead of growing every surface by up to a cell) and it reproduces whole-cell translations and grid
-rotations exactly, since every probe of a target cell then lands in one and the same source cell.
+An edit matrix maps scene-frame points ``p`` to ``T p`` (homogeneous, column vectors). Resampling is done
+backwards: each candidate target cell is probed at ``supersample^3`` evenly spaced points, each point is mapped back
+into the source by the inverse matrix, and the target cell is occupied when at least half of its probes land in
+occupied source cells (the *majority rule*). Compared with "any probe", the majority rule keeps the volume unbiased
+(a cell is kept when about half of it or more is covered, so ``scale s`` gives about ``s^3`` times the cells,
+instead of growing every surface by up to a cell) and it reproduces whole-cell translations and grid rotations
+exactly, since every probe of a target cell then lands in one and the same source cell.
 """
 
 from __future__ import annotations
@@ -18,16 +19,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-GRID = 64
-MIN_SCALE, MAX_SCALE = 1e-2, 1e2  # allowed singular values of the matrix's linear part
-IDENTITY_TOLERANCE = 1e-6
+from .affine import check_matrix, is_identity
+from .checks import no_check
+
+GRID = 64  # cells along each axis of S
 MAX_PROBES = 1 << 21  # probe points evaluated at once (bounds memory to a few tens of MB)
 
 
-def no_check() -> None:
-    """The default ``check`` of long loops: never stops them (a job passes its cancellation check instead)."""
+def voxel_centres(coords, grid: int = GRID):
+    """Centres in S of cells ``[..., 3]`` (integer indices; numpy array or float tensor) of the ``grid^3`` grid."""
+    return (coords + 0.5) / grid - 0.5
 
 
 @dataclass
@@ -35,26 +37,6 @@ class TransformResult:
     coords: np.ndarray  # int16 [M', 3], sorted, unique
     dropped: float  # fraction of the source object's volume (probe points) moved outside the grid
     identity: bool  # the matrix was the identity: coords are the input's, unchanged
-
-
-def check_matrix(matrix: np.ndarray) -> np.ndarray:
-    """The matrix as float64 ``[4, 4]``; ValueError if it is not a usable affine edit transform."""
-    m = np.asarray(matrix, dtype=np.float64)
-    if m.shape != (4, 4):
-        raise ValueError(f"transform must be a 4x4 matrix, got shape {m.shape}")
-    if not np.isfinite(m).all():
-        raise ValueError("transform contains NaN or infinite values")
-    if not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9):
-        raise ValueError(f"transform's last row must be [0, 0, 0, 1] (affine), got {m[3].tolist()}")
-    singular = np.linalg.svd(m[:3, :3], compute_uv=False)
-    if singular.min() < MIN_SCALE or singular.max() > MAX_SCALE:
-        raise ValueError(f"transform's scale must lie within [{MIN_SCALE}, {MAX_SCALE}] along every axis "
-                         f"(got singular values {np.round(singular, 6).tolist()}); degenerate or extreme scaling")
-    return m
-
-
-def is_identity(matrix: np.ndarray, tolerance: float = IDENTITY_TOLERANCE) -> bool:
-    return bool(np.abs(np.asarray(matrix, dtype=np.float64) - np.eye(4)).max() <= tolerance)
 
 
 def canonical(coords: np.ndarray) -> np.ndarray:
@@ -88,7 +70,7 @@ def probe_offsets(supersample: int) -> np.ndarray:
 def target_box(coords: np.ndarray, a: np.ndarray, b: np.ndarray, grid: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Inclusive-exclusive index range of target cells that can be touched: the moved source bounding box, clipped."""
     lo, hi = coords.min(axis=0), coords.max(axis=0) + 1
-    corners = np.stack(np.meshgrid(*zip(lo, hi), indexing="ij"), axis=-1).reshape(-1, 3) @ a.T + b
+    corners = np.stack(np.meshgrid(*zip(lo, hi, strict=True), indexing="ij"), axis=-1).reshape(-1, 3) @ a.T + b
     start = np.clip(np.floor(corners.min(axis=0)).astype(np.int64), 0, grid)
     stop = np.clip(np.ceil(corners.max(axis=0)).astype(np.int64), 0, grid)
     return None if (stop <= start).any() else (start, stop)
@@ -111,7 +93,7 @@ def resample(occupied: np.ndarray, a: np.ndarray, b: np.ndarray, start: np.ndarr
     ``check()`` before each chunk of probes."""
     inverse = np.linalg.inv(a)
     offsets = probe_offsets(supersample)
-    axes = [np.arange(s, e) for s, e in zip(start, stop)]
+    axes = [np.arange(s, e) for s, e in zip(start, stop, strict=True)]
     cells = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, 3)
     needed = (len(offsets) + 1) // 2
     kept = []
@@ -159,10 +141,12 @@ def transform_voxels(coords: np.ndarray, matrix: np.ndarray, grid: int = GRID, s
     return TransformResult(canonical(moved), dropped, False)
 
 
-def occupancy_grid(coords: np.ndarray, grid: int = GRID) -> torch.Tensor:
-    """Dense 0/1 float occupancy ``[1, grid, grid, grid]`` (dims D, H, W = x, y, z), the SS encoder's input layout."""
-    c = torch.from_numpy(check_coords(coords, grid))
-    out = torch.zeros(1, grid, grid, grid)
+def occupancy_grid(coords: np.ndarray, grid: int = GRID) -> np.ndarray:
+    """Dense 0/1 float32 occupancy ``[1, grid, grid, grid]`` (dims D, H, W = x, y, z), the SS encoder's input
+    layout. numpy, not torch: this module is imported by the camera solve's worker processes, which never load
+    torch."""
+    c = check_coords(coords, grid)
+    out = np.zeros((1, grid, grid, grid), dtype=np.float32)
     out[0, c[:, 0], c[:, 1], c[:, 2]] = 1.0
     return out
 

@@ -1,0 +1,55 @@
+"""Submit-time checks: what a job is checked for before it is queued, so that bad input fails in the request
+(400 with a hint) instead of in the queue minutes later. Each check raises :class:`InputError`; the uploads'
+checks decode the images, which the API bounds with its decode gate (:func:`upload_pixels` sizes the bound)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from ..engine.preprocess import DEFAULT_MAX_PIXELS, load_scene, open_image
+from ..engine.preprocess.images import header_pixels
+from ..engine.refine.scene import check_refinable
+from ..errors import InputError
+from ..segment.prompts import parse_prompts
+from .runner import refine_edit
+
+__all__ = ["DEFAULT_MAX_PIXELS", "check_generate", "check_labels", "check_refine", "check_regenerate",
+           "check_segment", "upload_pixels"]
+
+
+def upload_pixels(uploads: Iterable[bytes]) -> int:
+    """The pixels the encoded ``uploads`` declare in their headers (what decoding them will hold)."""
+    return sum(header_pixels(data) for data in uploads)
+
+
+def check_labels(wanted: Iterable[int], available: Iterable[int], where: str) -> None:
+    """Every ``wanted`` label is one of ``available`` (the instances of ``where``)."""
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise InputError(f"{where} has no instance {', '.join(map(str, unknown))}",
+                         f"choose among {', '.join(map(str, sorted(available)))}")
+
+
+def check_generate(params: Mapping, inputs: Mapping[str, bytes], max_pixels: int) -> None:
+    """The uploads decode to a scene (as the job will decode them) holding every label ``params`` asks for."""
+    scene = load_scene(inputs["image"], inputs["labels"], max_pixels=max_pixels)
+    check_labels(params.get("labels") or [], scene.label_ids, "the label map")
+
+
+def check_segment(prompts: Mapping, image: bytes, max_pixels: int) -> None:
+    """The image decodes and the prompts fit it (boxes overlap it, points lie on it)."""
+    size = open_image(image, what="image", max_pixels=max_pixels).size
+    parse_prompts(prompts, size)
+
+
+def check_regenerate(manifest: Mapping, labels: Iterable[int], job_id: str) -> None:
+    check_labels(labels, [entry["label"] for entry in manifest["instances"]], f"job {job_id}")
+
+
+def check_refine(parent_folder: Path, params: Mapping) -> None:
+    """The edit is valid for the parent scene and leaves something to refine, as the job will find: an object
+    moved out of the volume, a scene without a solved camera to re-render from (when re-sampling), or nothing
+    to do (all locked; strength 0 and nothing moved) fail here."""
+    parent, edit = refine_edit(parent_folder, params)
+    check_refinable(parent, edit)
