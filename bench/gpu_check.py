@@ -11,7 +11,8 @@ the device (bench/random_models.py). In one process it then runs
 2. the timed scene: 6 objects at the release settings (25 + 25 steps, CFG 3, guidance interval), per-stage
    times from the pipeline (the `Timer` waits for the device at every stage boundary), the export, the wall
    time and ``tail_s`` (end of export - end of the last GPU decode), and per-stage peak allocated/reserved
-   VRAM from a progress listener;
+   VRAM from a progress listener, and the time to first look (issue 15: when the layout and the first object
+   were announced, against the whole scene);
 3. 8 objects (fewer steps: peak memory does not depend on the step count once guided and unguided steps have
    both run) under ``sdpa_kernel([FLASH_ATTENTION, EFFICIENT_ATTENTION])``, so the SDPA math path would raise,
    and under the profiler, which names the attention kernels that ran;
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import torch
 from device_clock import StagePeaks, device_name, stamp, synchronize
+from progressive_bench import TARGET_RATIO, FirstLook, Look
 from random_models import build_generation_networks, random_pipeline
 from reference_layout import decode_every_slot, reference_stage1
 from scenes import synthetic_scene
@@ -106,6 +108,7 @@ class SceneRun:
     settings: dict
     attention: Counter = field(default_factory=Counter)
     kernels: list[str] = field(default_factory=list)
+    look: Look | None = None  # time to first look: the layout and the first object announced, the whole scene
 
     def serial_s(self) -> float:
         """The stages that run one after another on the main thread (the camera solve and clean-up overlap)."""
@@ -157,7 +160,8 @@ def run_scene(pipeline, scene, request: GenerationRequest, out: Path) -> SceneRu
     peaks = StagePeaks(pipeline.device)
     tracker = ProgressTracker(CHECK_PLAN, peaks)
     start = stamp(pipeline.device)
-    result = pipeline.generate(scene, request, tracker)
+    first_look = FirstLook()
+    result = pipeline.generate(scene, request, tracker, first_look)
     tracker.begin("export")
     export_start = time.perf_counter()
     SceneWriter(out, {"models": pipeline.package.model_ids(), "inputs": {}}).write_scene(result)
@@ -168,7 +172,8 @@ def run_scene(pipeline, scene, request: GenerationRequest, out: Path) -> SceneRu
     return SceneRun(len(result.instances), {**result.timings, "export": end - export_start}, end - start,
                     end - result.gpu_finished_at, peaks, [len(i.structure.coords) for i in result.instances],
                     [i.extracted_faces for i in result.instances],
-                    [len(i.mesh.faces) if i.mesh is not None else 0 for i in result.instances], result.settings)
+                    [len(i.mesh.faces) if i.mesh is not None else 0 for i in result.instances], result.settings,
+                    look=first_look.look(end))
 
 
 def fused_attention_only():
@@ -284,6 +289,11 @@ def markdown_block(settings: Settings, machine: list[str], warmup_s: list[float]
             f"| main-thread stages (sum) | {main.serial_s():.3f} |",
             f"| wall (generate + export) | {main.wall_s:.3f} |",
             f"| tail_s (last GPU decode -> export written) | {main.tail_s:.3f} |", "",
+            f"| time to first look ({main.objects} objects) | s |", "|---|---:|",
+            f"| layout ready (stage 1 + camera) | {main.look.layout_s:.3f} |",
+            f"| first object finished | {main.look.first_s:.3f} |",
+            f"| whole scene (+ export) | {main.look.done_s:.3f} |",
+            f"| layout / whole scene (target <= {TARGET_RATIO:.2f}) | {main.look.ratio:.3f} |", "",
             f"| peak VRAM, MB allocated / reserved | {main.objects} objects | {peak.objects} objects "
             f"({settings.peak_steps} + {settings.peak_steps} steps) |", "|---|---:|---:|"]
     for stage in dict.fromkeys(main.peaks.stages + peak.peaks.stages):
@@ -390,6 +400,8 @@ def main() -> None:
     if args.json:
         args.json.write_text(json.dumps({
             "timings": main_run.timings, "wall_s": main_run.wall_s, "tail_s": main_run.tail_s,
+            "first_look": {"layout_s": main_run.look.layout_s, "first_s": main_run.look.first_s,
+                           "done_s": main_run.look.done_s, "ratio": main_run.look.ratio},
             "serial_s": main_run.serial_s(), "settings": main_run.settings, "voxels": main_run.voxels,
             "peak_mb": {"allocated": main_run.peaks.allocated_mb, "reserved": main_run.peaks.reserved_mb},
             "peak_8_mb": {"allocated": peak_run.peaks.allocated_mb, "reserved": peak_run.peaks.reserved_mb},

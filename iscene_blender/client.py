@@ -204,3 +204,11 @@ class Client:
     def refine(self, job_id: str, transforms: dict[int, list], locked: list[int], strength: float) -> dict:
         payload = {"transforms": {str(k): v for k, v in transforms.items()}, "locked": locked, "strength": strength}
         return self._post_json(f"{API}/jobs/{quote(job_id)}/refine", payload)
+
+    def build(self, job_id: str) -> dict:
+        """Build Meshes: stage 2 on a layout job's stored layout (a child job)."""
+        return self._post_json(f"{API}/jobs/{quote(job_id)}/build", {})
+
+    def variants(self, job_id: str, label: int, count: int, seeds: list[int] | None = None) -> dict:
+        payload = {"label": label, "count": count, **({"seeds": seeds} if seeds else {})}
+        return self._post_json(f"{API}/jobs/{quote(job_id)}/variants", payload)

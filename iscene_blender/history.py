@@ -70,8 +70,11 @@ def merge(scene, server_jobs: list[dict]) -> int:
 
 
 def visible(scene) -> list:
-    """The records to list, newest first."""
-    return sorted((r for r in scene.iscene.history if not r.hidden), key=lambda r: r.created, reverse=True)
+    """The records to list, newest first. ``created`` is a single-precision float (Blender has no double
+    property): today's times fall on a 128 s grid, so records of the same stretch are ordered by when they were
+    added, the last added first."""
+    records = [(r.created, i, r) for i, r in enumerate(scene.iscene.history) if not r.hidden]
+    return [r for _, _, r in sorted(records, key=lambda item: item[:2], reverse=True)]
 
 
 def remove(record, in_use: set[Path]) -> None:

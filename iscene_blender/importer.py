@@ -8,6 +8,12 @@ properties, see :mod:`.provenance`) and a camera that sees the scene as the mode
 behind it. Meshes are built directly from the GLB arrays with ``foreach_set`` (faster than the glTF importer and
 free of its side effects on selection and collections; see bench/RESULTS.md). Regenerate and refine swap the
 mesh datablock of existing objects, so the objects and their edits survive.
+
+A layout (stage 1 only, or a job still running) arrives as *proxies*: the same objects, named and posed as the
+final ones, whose mesh is the instance's voxel proxy (``proxy_<label>.glb``, origin the manifest's ``origin``),
+drawn as wire (``display_type`` WIRE) and marked :data:`.provenance.PROXY`. Each final mesh is swapped into its
+proxy by the rules of Regenerate. Variant candidates are separate objects next to their original (see
+:func:`place_candidates`).
 """
 
 from __future__ import annotations
@@ -17,17 +23,23 @@ import json
 
 import bpy
 import numpy as np
-from mathutils import Matrix
+from mathutils import Matrix, Vector
 
 from . import frames, provenance
 from .glb import read_mesh
-from .provenance import CAMERA, JOB, LABEL, ROOT, SCENE
+from .jobs import result_file
+from .provenance import CAMERA, CANDIDATE_INDEX, CANDIDATE_OF, CANDIDATE_SEED, JOB, LABEL, OBJECT, PROXY, ROOT, SCENE
 
 MATERIAL = "I-Scene Vertex Colour"
 COLOUR_MATERIAL = "iscene_colour_material"  # on the materials this add-on made (their viewport colour is ours)
 COLOR_ATTRIBUTE = "Color"
 SEED = "iscene_seed"  # the seed field (registered on Object by props.py): Regenerate uses it
 MESH_SEED = "iscene_mesh_seed"  # the seed that made the current mesh
+MESH_SHA = "iscene_mesh_sha256"  # the digest of the GLB that made the current mesh
+PROXY_DISPLAY = "WIRE"  # how a proxy is drawn: a placeholder, never mistaken for a result
+VARIANT = "iscene_variant"  # on an object whose mesh is a kept variant candidate: its index in that job
+CANDIDATE_GAP = 1.1  # candidates stand this many of the original's widths apart along the view's x
+FIT = "iscene_fit_width"  # on a root sized from its layout: the Room Width to fit its meshes to once they are in
 
 
 def colour_material(name: str, colour) -> bpy.types.Material:
@@ -47,12 +59,14 @@ def colour_material(name: str, colour) -> bpy.types.Material:
     return material
 
 
-def build_mesh(name: str, data: bytes, scale: float) -> tuple[bpy.types.Mesh, Matrix, tuple, dict]:
-    """A mesh in metres about its origin (the bottom centre of its box), its generated matrix in S, its mean
-    vertex colour (linear RGBA) and the GLB's extras."""
+def build_mesh(name: str, data: bytes, scale: float, origin=None) -> tuple[bpy.types.Mesh, Matrix, tuple, dict]:
+    """A mesh in metres about its origin (``origin`` in S, default the bottom centre of its box), its generated
+    matrix in S, its mean vertex colour (linear RGBA) and the GLB's extras."""
     arrays = read_mesh(data)
     lo, hi = arrays.vertices.min(0), arrays.vertices.max(0)
-    origin = np.array([(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]], np.float32)
+    if origin is None:
+        origin = [(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2]]
+    origin = np.array(origin, np.float32)
     local = (arrays.vertices - origin) * np.float32(scale)  # [V, 3] metres
     mesh = bpy.data.meshes.new(name)
     mesh.vertices.add(len(local))
@@ -71,12 +85,32 @@ def build_mesh(name: str, data: bytes, scale: float) -> tuple[bpy.types.Mesh, Ma
     return mesh, frames.translation(origin), mean, arrays.extras
 
 
+def entry_data(entry: dict, files: dict[str, bytes]) -> tuple[bytes, bool] | None:
+    """(GLB bytes, whether it is a proxy) of the file that shows an instance, if it was downloaded."""
+    name = result_file(entry)
+    if name not in files:
+        return None
+    return files[name], not entry.get("file")
+
+
+def entry_mesh(name: str, entry: dict, data: bytes, proxy: bool, scale: float):
+    """``build_mesh`` for an instance: a proxy's origin is the one its final mesh will be placed by (the
+    manifest's ``origin``, the bottom centre of its voxels), a final mesh's the bottom centre of its box."""
+    origin = (entry.get("origin") or entry["bbox"].get("origin")) if proxy else None
+    return build_mesh(name, data, scale, origin)
+
+
 def scene_box(manifest: dict, files: dict[str, bytes]) -> tuple[np.ndarray, np.ndarray]:
-    """The union of the imported instances' boxes in S: (min xyz, max xyz)."""
-    boxes = [e["bbox"] for e in manifest["instances"] if e.get("file") in files]
+    """The union of the imported instances' boxes in S (a proxy's: its voxels'): (min xyz, max xyz)."""
+    boxes = [e["bbox"] for e in manifest["instances"] if entry_data(e, files) is not None]
     if not boxes:
         raise ValueError("the job has no instance meshes to import")
     return np.min([b["min"] for b in boxes], axis=0), np.max([b["max"] for b in boxes], axis=0)
+
+
+def floor_centre(lo: np.ndarray, hi: np.ndarray) -> tuple[float, float, float]:
+    """The anchor of a scene box: the bottom centre, which sits on the root."""
+    return float((lo[0] + hi[0]) / 2), float((lo[1] + hi[1]) / 2), float(lo[2])
 
 
 def scale_for_width(lo: np.ndarray, hi: np.ndarray, room_width: float) -> float:
@@ -85,14 +119,28 @@ def scale_for_width(lo: np.ndarray, hi: np.ndarray, room_width: float) -> float:
     return room_width / width if width > 1e-9 else 1.0
 
 
-def _provenance(obj, root, job_id: str, entry: dict, manifest: dict, data: bytes, generated: Matrix) -> None:
+def _provenance(obj, root, job_id: str, entry: dict, manifest: dict, data: bytes, generated: Matrix,
+                proxy: bool = False) -> None:
     obj[SCENE] = root[SCENE]
     obj[JOB] = job_id
     obj[LABEL] = entry["label"]
     obj[SEED] = obj[MESH_SEED] = int(entry["seed"])
     obj["iscene_model"] = json.dumps(manifest.get("models", {}), sort_keys=True)
-    obj["iscene_mesh_sha256"] = hashlib.sha256(data).hexdigest()
+    obj[MESH_SHA] = hashlib.sha256(data).hexdigest()
     frames.store_generated(obj, generated)
+    show_as_proxy(obj, proxy)
+
+
+def show_as_proxy(obj, proxy: bool) -> None:
+    """Mark and draw ``obj`` as a proxy, or (its final mesh arrived) as a result again; a display type the
+    artist chose is left alone."""
+    if proxy:
+        obj[PROXY] = True
+        obj.display_type = PROXY_DISPLAY
+    elif obj.get(PROXY):
+        del obj[PROXY]
+        if obj.display_type == PROXY_DISPLAY:
+            obj.display_type = "TEXTURED"
 
 
 def _root(name: str, collection, job_id: str, scale: float, anchor, location) -> bpy.types.Object:
@@ -149,22 +197,24 @@ def import_scene(scene: bpy.types.Scene, job_id: str, title: str, manifest: dict
     scene.collection.children.link(collection)
     lo, hi = scene_box(manifest, files)
     scale = scale_for_width(lo, hi, room_width)
-    anchor = ((lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, lo[2])
-    root = _root(f"{title}_scene", collection, job_id, scale, anchor, scene.cursor.location.copy())
+    root = _root(f"{title}_scene", collection, job_id, scale, floor_centre(lo, hi), scene.cursor.location.copy())
     root["iscene_labels"] = [int(e["label"]) for e in manifest["instances"]]
+    if any(not e.get("file") and e.get("proxy") in files for e in manifest["instances"]):
+        root[FIT] = float(room_width)  # sized from its voxels: fitted to its meshes once they are in
     objects = []
     for entry in manifest["instances"]:
-        if entry.get("file") not in files:
+        shown = entry_data(entry, files)
+        if shown is None:
             continue
         name = f"{title}_{names.get(int(entry['label'])) or entry['label']}"
-        mesh, generated, colour, _ = build_mesh(name, files[entry["file"]], scale)
+        mesh, generated, colour, _ = entry_mesh(name, entry, *shown, scale)
         mesh.materials.append(colour_material(name, colour))
         obj = bpy.data.objects.new(name, mesh)
         obj.color = colour
         collection.objects.link(obj)
         obj.parent = root
         obj.matrix_world = frames.placed(root, Matrix.Identity(4), generated)
-        _provenance(obj, root, job_id, entry, manifest, files[entry["file"]], generated)
+        _provenance(obj, root, job_id, entry, manifest, shown[0], generated, proxy=shown[1])
         provenance.claim([obj])
         objects.append(obj)
     camera_settings = (manifest.get("camera") or {}).get("blender")
@@ -205,30 +255,132 @@ def _swap_mesh(obj, mesh: bpy.types.Mesh, colour) -> None:
 
 def replace_meshes(root, job_id: str, manifest: dict, files: dict[str, bytes], targets: dict[int, list],
                    keep_edits: bool) -> list:
-    """Swap in the new meshes of a regenerate (``keep_edits``: the artist's edit stays on the new mesh) or a
-    refine (the result already includes the edit) on the ``targets`` objects of each label. Objects, parenting,
-    modifiers and material overrides stay."""
+    """Swap in the new meshes (or proxies) of a job on the ``targets`` objects of each label: a regenerate's, or
+    a proxy's final mesh (``keep_edits``: the artist's edit stays on the new mesh), or a refine's (the result
+    already includes the edit). Objects, names, parenting, modifiers, locks and material overrides stay."""
     scale = frames.scene_scale(root)
     updated = []
     for entry in manifest["instances"]:
-        if entry.get("file") not in files:
+        shown = entry_data(entry, files)
+        if shown is None:
             continue
         for obj in targets.get(int(entry["label"]), []):
             edit = frames.edit_in_scene(root, obj) if keep_edits else Matrix.Identity(4)
-            mesh, generated, colour, _ = build_mesh(obj.name, files[entry["file"]], scale)
+            mesh, generated, colour, _ = entry_mesh(obj.name, entry, *shown, scale)
             _swap_mesh(obj, mesh, colour)
             obj.matrix_world = frames.placed(root, edit, generated)
-            _provenance(obj, root, job_id, entry, manifest, files[entry["file"]], generated)
+            _provenance(obj, root, job_id, entry, manifest, shown[0], generated, proxy=shown[1])
             updated.append(obj)
-    root[JOB] = job_id
     return updated
 
 
+def _width_along(obj, axis: Vector) -> float:
+    """The extent of ``obj``'s box along the world direction ``axis`` (a unit vector)."""
+    spans = [axis.dot(obj.matrix_world @ Vector(corner)) for corner in obj.bound_box]
+    return max(spans) - min(spans)
+
+
+def place_candidates(original, root, job_id: str, manifest: dict, files: dict[str, bytes], view_x) -> list:
+    """One object per variant candidate, named ``<original> v<k>``: shaped by the candidate, placed as it would
+    stand in the original's place (the original's edit kept), then moved along ``view_x`` (the view's right,
+    world) by ``k`` original widths. Candidates are not members of the scene (Refine and Regenerate never see
+    them); they name their original by its object id."""
+    axis = Vector(view_x).normalized()
+    step = _width_along(original, axis) * CANDIDATE_GAP
+    edit = frames.edit_in_scene(root, original)
+    scale = frames.scene_scale(root)
+    placed = []
+    for candidate in (manifest.get("variants") or {}).get("candidates", []):
+        if candidate.get("file") not in files:
+            continue
+        index, data = int(candidate["index"]), files[candidate["file"]]
+        name = f"{original.name} v{index}"
+        mesh, generated, colour, _ = build_mesh(name, data, scale)
+        mesh.materials.append(colour_material(name, colour))
+        obj = bpy.data.objects.new(name, mesh)
+        obj.color = colour
+        for collection in original.users_collection:
+            collection.objects.link(obj)
+        obj.parent = root
+        obj.matrix_world = Matrix.Translation(axis * step * index) @ frames.placed(root, edit, generated)
+        obj[CANDIDATE_OF], obj[CANDIDATE_INDEX], obj[CANDIDATE_SEED] = original[OBJECT], index, int(candidate["seed"])
+        obj[JOB], obj[MESH_SHA] = job_id, hashlib.sha256(data).hexdigest()
+        frames.store_generated(obj, generated)
+        placed.append(obj)
+    _select(bpy.context.scene, placed)
+    return placed
+
+
+def keep_candidate(candidate) -> bpy.types.Object:
+    """Swap the candidate's mesh into its original (the original's edit and everything on it kept), record the
+    candidate's seed and job, and remove every candidate of that original; returns the original."""
+    original = provenance.original_of(candidate)
+    root = provenance.root_of(original)
+    edit = frames.edit_in_scene(root, original)
+    mesh = candidate.data
+    made = [m for m in mesh.materials if m is not None and m.get(COLOUR_MATERIAL)]
+    mesh.materials.clear()  # the original's materials (and the artist's) come with the swap
+    for material in made:
+        if material.users == 0:
+            bpy.data.materials.remove(material)
+    mesh.name = original.name
+    _swap_mesh(original, mesh, tuple(candidate.color))
+    generated = frames.generated(candidate)
+    original.matrix_world = frames.placed(root, edit, generated)
+    frames.store_generated(original, generated)
+    original[SEED] = original[MESH_SEED] = int(candidate[CANDIDATE_SEED])
+    original[JOB], original[MESH_SHA] = candidate[JOB], candidate[MESH_SHA]
+    original[VARIANT] = int(candidate[CANDIDATE_INDEX])
+    show_as_proxy(original, False)
+    discard_candidates(original[OBJECT])
+    return original
+
+
+def discard_candidates(object_id: str) -> int:
+    """Remove every candidate made for the object with this id (and the meshes and materials only they used);
+    returns how many."""
+    found = provenance.candidates_for(object_id)
+    for obj in found:
+        mesh = obj.data
+        materials = [m for m in mesh.materials if m is not None and m.get(COLOUR_MATERIAL)] if mesh else []
+        bpy.data.objects.remove(obj)
+        if mesh is not None and mesh.users == 0:
+            bpy.data.meshes.remove(mesh)
+        for material in materials:
+            if material.users == 0:
+                bpy.data.materials.remove(material)
+    return len(found)
+
+
+def fit_to_meshes(root, manifest: dict) -> bool:
+    """A scene sized from its layout, now that its meshes are in: Room Width wide and its lowest point on the
+    root, as if the finished job had been imported whole (the meshes reach a little beyond their voxels). Every
+    edit (in S) is kept. Returns whether it was refitted."""
+    boxes = [e["bbox"] for e in manifest["instances"] if e.get("file")]
+    if FIT not in root or not boxes:
+        return False
+    lo, hi = np.min([b["min"] for b in boxes], axis=0), np.max([b["max"] for b in boxes], axis=0)
+    factor = scale_for_width(lo, hi, float(root[FIT])) / frames.scene_scale(root)
+    del root[FIT]
+    _rescale(root, factor, floor_centre(lo, hi))
+    return True
+
+
 def resize_scene(root, factor: float) -> None:
-    """Scale the whole scene by ``factor`` about its root, keeping every artist's edit (in S) as it is."""
+    """Scale the whole scene by ``factor`` about its root, keeping every artist's edit (in S) as it is (the
+    artist's size: a layout's meshes will not refit it)."""
+    if FIT in root:
+        del root[FIT]
+    _rescale(root, factor)
+
+
+def _rescale(root, factor: float, anchor=None) -> None:
+    """Scale by ``factor`` (and put ``anchor``, a point of S, on the root), every edit in S kept."""
     members = provenance.members(root)
     edits = [(obj, frames.edit_in_scene(root, obj)) for obj in members if frames.GENERATED in obj]
     root[frames.SCALE] = frames.scene_scale(root) * factor
+    if anchor is not None:
+        root[frames.ANCHOR] = [float(v) for v in anchor]
     resized = set()
     for obj, _ in edits:
         data = obj.data

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 import bpy
+from mathutils import Vector
 
 from . import frames, masks, prompts, provenance, wording
 from .image_files import image_bytes
@@ -39,7 +40,7 @@ def generate_request(settings) -> Request:
     inputs = {"image": image_bytes(settings.image), "labels": image_bytes(labels)}
     name = masks.image_stem(settings.image)
     params = {"seed": settings.seed, "detail": settings.detail, "steps": settings.steps, "slat_steps": settings.steps,
-              "name": name}
+              "name": name, **({"until": "layout"} if settings.layout_only else {})}
     stats = label_stats(labels)
     title = wording.job_title("generate", name, stats.count if stats else None, settings.seed, time.time())
     return Request("generate", title, params, inputs, image=settings.image.name, names=label_names(settings))
@@ -93,6 +94,40 @@ def refine_request(context, root, selected_only: bool, strength: float) -> Reque
     params = {"transforms": transforms, "locked": sorted(set(locked) | set(deleted)), "strength": strength}
     title = wording.job_title("refine", root.name, len(transforms))
     return Request("refine", title, params, parent=root[provenance.JOB], root=root[provenance.SCENE],
+                   targets=targets)
+
+
+def build_request(root) -> Request:
+    """Build Meshes: stage 2 for the layout job of ``root``'s scene, landing on every proxy (duplicates too)."""
+    targets: dict[int, list[str]] = {}
+    proxies = [o for o in provenance.instances(root) if provenance.is_proxy(o)]
+    for obj, object_id in zip(proxies, provenance.claim(proxies), strict=True):
+        targets.setdefault(int(obj[provenance.LABEL]), []).append(object_id)
+    title = wording.job_title("build", root.name, len(targets))
+    return Request("build", title, {}, parent=root[provenance.JOB], root=root[provenance.SCENE], targets=targets)
+
+
+def view_right(context) -> list[float]:
+    """The world direction that points right in the 3D view (else in the scene camera's view, else +x)."""
+    region = getattr(context, "region_data", None)
+    camera = context.scene.camera
+    if region is not None:
+        rotation = region.view_rotation
+    elif camera is not None:
+        rotation = camera.matrix_world.to_quaternion()
+    else:
+        return [1.0, 0.0, 0.0]
+    right = rotation @ Vector((1.0, 0.0, 0.0))
+    return [float(v) for v in right]
+
+
+def variants_request(context, root, obj, count: int) -> Request:
+    """``count`` candidate shapes for ``obj``'s label, laid out along the view's right."""
+    label = int(obj[provenance.LABEL])
+    targets = {label: provenance.claim([obj])}
+    params = {"label": label, "count": count, "view_x": view_right(context)}
+    title = wording.job_title("variants", obj.name, count)
+    return Request("variants", title, params, parent=root[provenance.JOB], root=root[provenance.SCENE],
                    targets=targets)
 
 

@@ -2,6 +2,11 @@
 
 A worker submits the job, polls its status, downloads the result into the job's folder, and posts
 :class:`Event` values to the shared queue; the main-thread pump (:mod:`.pump`) applies them to Blender.
+
+Scene jobs are progressive: while one runs, the worker watches the status's ``layout_ready`` and ``ready_labels``.
+A job that makes a new scene posts a ``layout`` event (the partial manifest and the proxy meshes) as soon as the
+layout is served; every job that changes a scene posts an ``objects`` event with the final meshes of the labels
+that finished since the last poll. ``finished`` brings the final manifest and whatever was not downloaded yet.
 """
 
 from __future__ import annotations
@@ -20,28 +25,32 @@ from .client import Client, ClientError
 ACTIVE = ("submitting", "queued", "running", "downloading", "importing")
 SEGMENT_LABELS = "labels.png"  # the label map a segment job makes
 SCENE_JSON = "scene.json"  # the manifest, kept next to the downloaded meshes
-SCENE_KINDS = ("generate", "regenerate", "refine", "import")
+SCENE_KINDS = ("generate", "regenerate", "refine", "import", "build", "variants")
+NEW_SCENE_KINDS = ("generate", "import")  # jobs that make a new scene: they import the layout as proxies
+PROGRESSIVE_KINDS = ("generate", "import", "regenerate", "refine", "build")  # objects land as they finish
+RETRY_LATER = (404, 409)  # a progressive download the server does not serve yet: asked again at the next poll
 LOST_CONNECTION_S = 15.0  # a job whose server stays unreachable this long is failed, not waited on forever
 
 
 @dataclass
 class Event:
-    kind: str  # update | finished | failed | cancelled | health | server_jobs
+    kind: str  # update | layout | objects | finished | failed | cancelled | health | server_jobs
     key: str = ""
     data: dict = field(default_factory=dict)
 
 
 @dataclass
 class Job:
-    kind: str  # generate | regenerate | refine | segment | import (download a finished server job again)
+    kind: str  # generate | regenerate | refine | build | variants | segment | import (download a server job again)
     title: str
     scene: str  # the Blender scene to import into
     folder: Path
     params: dict = field(default_factory=dict)
     inputs: dict[str, bytes] = field(default_factory=dict, repr=False)  # generate, segment: uploads (for Retry)
-    parent: str | None = None  # regenerate / refine: the server job they derive from; import: the job to fetch
-    root: str | None = None  # regenerate / refine: the scene id (provenance) whose objects they update
-    targets: dict[int, list[str]] = field(default_factory=dict)  # regenerate / refine: label -> object ids
+    parent: str | None = None  # regenerate / refine / build / variants: the server job they derive from;
+    # import: the job to fetch
+    root: str | None = None  # the scene id (provenance) whose objects they update (generate: once imported)
+    targets: dict[int, list[str]] = field(default_factory=dict)  # label -> the object ids its result lands on
     image: str | None = None  # generate / segment: the image datablock the job is for
     names: dict[int, str] = field(default_factory=dict)  # generate / import: label -> object name
     key: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
@@ -57,6 +66,7 @@ class Job:
     hint: str = ""
     created: float = field(default_factory=time.time)
     finished: float | None = None
+    landed: bool = False  # its progressive results changed Blender data not yet pushed as an undo step
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -144,19 +154,76 @@ def _submit(job: Job, client: Client) -> dict:
         return client.regenerate(job.parent, job.params["labels"], job.params.get("seeds"))
     if job.kind == "refine":
         return client.refine(job.parent, job.params["transforms"], job.params["locked"], job.params["strength"])
+    if job.kind == "build":
+        return client.build(job.parent)
+    if job.kind == "variants":
+        return client.variants(job.parent, job.params["label"], job.params["count"], job.params.get("seeds"))
     if job.kind == "segment":
         return client.segment(job.inputs["image"], job.params["prompts"])
     raise ValueError(f"unknown job kind {job.kind!r}")
 
 
-def _wait(job: Job, client: Client, events: queue.Queue, poll_s: float) -> dict | None:
-    """Poll until the server job ends; None if it did not succeed (the reason has been posted)."""
+@dataclass
+class Fetched:
+    """What a worker has downloaded of its running job."""
+
+    layout: bool = False  # the layout event was posted (or this job's kind shows no layout)
+    labels: set[int] = field(default_factory=set)  # labels whose final files were posted
+    names: set[str] = field(default_factory=set)  # files downloaded so far
+
+
+def _download(job: Job, client: Client, names: list[str], fetched: Fetched) -> dict[str, bytes]:
+    files = {}
+    for name in names:
+        files[name] = client.file(job.server_id, name)
+        (job.folder / name).write_bytes(files[name])
+    fetched.names |= set(files)
+    return files
+
+
+def _fetch_progress(job: Job, client: Client, events: queue.Queue, status: dict, fetched: Fetched) -> None:
+    """Post what became ready since the last poll: the layout (new scenes), then each finished object."""
+    if job.kind not in PROGRESSIVE_KINDS or not status.get("layout_ready"):
+        return
+    ready = set(status.get("ready_labels") or []) - fetched.labels
+    if fetched.layout and not ready:
+        return
+    try:
+        manifest = client.scene(job.server_id)
+        job.folder.mkdir(parents=True, exist_ok=True)
+        entries = [e for e in manifest["instances"] if e["label"] in ready and e.get("file")]
+        if not fetched.layout and job.kind in NEW_SCENE_KINDS:
+            proxies = [e["proxy"] for e in manifest["instances"] if e.get("proxy") and e["label"] not in ready]
+            files = _download(job, client, proxies + [e["file"] for e in entries], fetched)
+            _post(events, "layout", job, manifest=manifest, files=files)
+        else:
+            files = _download(job, client, [e["file"] for e in entries if wanted(job, manifest, e)], fetched)
+            if files:
+                _post(events, "objects", job, manifest=manifest, files=files)
+    except ClientError as err:
+        if err.kind in ("unreachable", "timeout") or err.status in RETRY_LATER:
+            return  # asked again at the next poll
+        raise
+    fetched.layout = True
+    fetched.labels |= ready
+
+
+def _stop(job: Job, client: Client, events: queue.Queue, fetched: Fetched) -> None:
+    """Cancel on the server, take what it finished (a cancelled job keeps it), and say so."""
+    with contextlib.suppress(ClientError):  # already finished or unreachable: nothing left to stop or take
+        client.cancel(job.server_id)
+        if fetched.layout:
+            _fetch_progress(job, client, events, client.status(job.server_id), fetched)
+    _post(events, "cancelled", job)
+
+
+def _wait(job: Job, client: Client, events: queue.Queue, poll_s: float, fetched: Fetched) -> dict | None:
+    """Poll until the server job ends, posting its progress; None if it did not succeed (the reason has been
+    posted)."""
     unreachable_since = None
     while True:
         if job.cancel.is_set():
-            with contextlib.suppress(ClientError):  # already finished or unreachable: nothing left to stop
-                client.cancel(job.server_id)
-            _post(events, "cancelled", job)
+            _stop(job, client, events, fetched)
             return None
         try:
             status = client.status(job.server_id)
@@ -179,6 +246,7 @@ def _wait(job: Job, client: Client, events: queue.Queue, poll_s: float) -> dict 
               eta_s=status.get("eta_s"), queue_position=status.get("queue_position"))
         if status["state"] == "succeeded":
             return status
+        _fetch_progress(job, client, events, status, fetched)
         if status["state"] in ("failed", "cancelled"):
             error = status.get("error") or {}
             _post(events, "failed" if status["state"] == "failed" else "cancelled", job,
@@ -188,19 +256,32 @@ def _wait(job: Job, client: Client, events: queue.Queue, poll_s: float) -> dict 
         job.cancel.wait(poll_s)
 
 
+def result_file(entry: dict) -> str | None:
+    """The file that shows an instance: its final mesh, else (a layout) its proxy."""
+    return entry.get("file") or entry.get("proxy")
+
+
+def wanted(job: Job, manifest: dict, entry: dict) -> bool:
+    """Whether ``job`` lands this instance's result: generate / import: every one; regenerate / build: the
+    labels it targets; refine: the labels it changed."""
+    if job.kind in ("regenerate", "build"):
+        return entry["label"] in job.targets
+    if job.kind == "refine":
+        notes = manifest.get("refine") or {}
+        return entry["label"] in set(notes.get("resampled", [])) | set(notes.get("moved_only", []))
+    return True
+
+
 def files_to_download(job: Job, manifest: dict) -> list[str]:
-    """Generate: every instance; regenerate/refine: only the instances the child job changed; segment: the map."""
+    """The files a finished job lands: its instances' (:func:`wanted`) meshes or proxies and the scene GLB;
+    variants: the candidates; segment: the map."""
     if job.kind == "segment":
         return [SEGMENT_LABELS]
-    entries = [e for e in manifest["instances"] if e.get("file")]
+    if job.kind == "variants":
+        return [c["file"] for c in (manifest.get("variants") or {}).get("candidates", []) if c.get("file")]
+    names = [result_file(e) for e in manifest["instances"] if result_file(e) and wanted(job, manifest, e)]
     scene_glb = [manifest["files"]["scene"]] if (manifest.get("files") or {}).get("scene") else []
-    if job.kind == "regenerate":
-        entries = [e for e in entries if e["label"] in job.params["labels"]]
-    elif job.kind == "refine":
-        changed = set(manifest.get("refine", {}).get("resampled", [])) | set(
-            manifest.get("refine", {}).get("moved_only", []))
-        entries = [e for e in entries if e["label"] in changed]
-    return [e["file"] for e in entries] + scene_glb
+    return names + scene_glb
 
 
 def run_job(job: Job, client: Client, events: queue.Queue, poll_s: float) -> None:
@@ -208,18 +289,16 @@ def run_job(job: Job, client: Client, events: queue.Queue, poll_s: float) -> Non
         created = _submit(job, client)
         job.server_id = created["job_id"]
         _post(events, "update", job, server_id=created["job_id"], state=created.get("state", "queued"))
-        if _wait(job, client, events, poll_s) is None:
+        fetched = Fetched()
+        if _wait(job, client, events, poll_s, fetched) is None:
             return
         _post(events, "update", job, state="downloading")
         manifest = client.segments(job.server_id) if job.kind == "segment" else client.scene(job.server_id)
         job.folder.mkdir(parents=True, exist_ok=True)
         if job.kind in SCENE_KINDS:
             (job.folder / SCENE_JSON).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        files = {}
-        for name in files_to_download(job, manifest):
-            files[name] = client.file(job.server_id, name)
-            (job.folder / name).write_bytes(files[name])
-        _post(events, "finished", job, manifest=manifest, files=files)
+        names = [n for n in files_to_download(job, manifest) if n not in fetched.names]
+        _post(events, "finished", job, manifest=manifest, files=_download(job, client, names, fetched))
     except ClientError as err:
         _post(events, "failed", job, message=err.message, hint=err.hint)
     except Exception as err:  # a bug must end the job visibly, not leave it "running" forever

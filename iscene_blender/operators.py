@@ -1,16 +1,27 @@
-"""The scene operators: make a label map (Segment), make a scene (Generate), change it (Regenerate, Refine,
-Randomize Seed, Set Size) and choose its inputs. Each ``poll()`` says why its button is grey (:mod:`.problems`);
-``execute()`` builds its request (:mod:`.job_requests`), starts the job (:mod:`.launch`) and returns at once."""
+"""The scene operators: make a label map (Segment), make a scene (Generate, Build Meshes), change it (Regenerate,
+Refine, Variants and their Keep / Discard, Randomize Seed, Set Size) and choose its inputs. Each ``poll()`` says
+why its button is grey (:mod:`.problems`); ``execute()`` builds its request (:mod:`.job_requests`), starts the job
+(:mod:`.launch`) and returns at once."""
 
 from __future__ import annotations
 
 import bpy
-from bpy.props import EnumProperty, FloatProperty, StringProperty
+from bpy.props import EnumProperty, FloatProperty, IntProperty, StringProperty
 from bpy_extras.io_utils import ImportHelper
 
 from . import importer, job_requests, masks, provenance
 from .launch import start_job
-from .problems import Gated, inputs_problem, scene_problem, segment_problem, server_problem
+from .problems import (
+    Gated,
+    build_problem,
+    candidate_problem,
+    discard_problem,
+    inputs_problem,
+    scene_problem,
+    segment_problem,
+    server_problem,
+    variants_problem,
+)
 from .seeds import random_seed
 
 
@@ -68,6 +79,87 @@ class ISCENE_OT_refine(Gated, bpy.types.Operator):
         root, _ = provenance.selected_scene(context)
         settings = context.scene.iscene
         start_job(context, job_requests.refine_request(context, root, settings.refine_selected, settings.strength))
+        return {"FINISHED"}
+
+
+class ISCENE_OT_build_meshes(Gated, bpy.types.Operator):
+    """Turn the layout's proxies into meshes (stage 2 only, from the layout as it is on the server); each proxy
+    keeps its place, name, edits and lock"""
+
+    bl_idname = "iscene.build_meshes"
+    bl_label = "Build Meshes"
+
+    @classmethod
+    def problem(cls, context) -> str:
+        return build_problem(context)
+
+    def execute(self, context):
+        root, _ = provenance.selected_scene(context)
+        start_job(context, job_requests.build_request(root))
+        return {"FINISHED"}
+
+
+class ISCENE_OT_variants(Gated, bpy.types.Operator):
+    """Make candidate shapes for the active object and lay them out beside it, to keep one"""
+
+    bl_idname = "iscene.variants"
+    bl_label = "Variants…"
+
+    count: IntProperty(name="Count", default=4, min=1, max=8, description="How many candidates to make (up to 8)")
+
+    @classmethod
+    def problem(cls, context) -> str:
+        return variants_problem(context)
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context):
+        obj = context.active_object
+        importer.discard_candidates(obj.get(provenance.OBJECT))  # the last round's, if any
+        start_job(context, job_requests.variants_request(context, provenance.root_of(obj), obj, self.count))
+        return {"FINISHED"}
+
+
+class ISCENE_OT_keep_variant(Gated, bpy.types.Operator):
+    """Swap the active candidate's shape into its object (the object keeps its place and edits; the candidate's
+    seed is recorded) and remove the other candidates"""
+
+    bl_idname = "iscene.keep_variant"
+    bl_label = "Keep This One"
+    bl_options = frozenset({"REGISTER", "UNDO"})
+
+    @classmethod
+    def problem(cls, context) -> str:
+        return candidate_problem(context)
+
+    def execute(self, context):
+        original = importer.keep_candidate(context.active_object)
+        for obj in context.view_layer.objects:
+            obj.select_set(obj == original)
+        context.view_layer.objects.active = original
+        return {"FINISHED"}
+
+
+class ISCENE_OT_discard_variants(Gated, bpy.types.Operator):
+    """Remove every candidate of the active object (or of the active candidate's object)"""
+
+    bl_idname = "iscene.discard_variants"
+    bl_label = "Discard Variants"
+    bl_options = frozenset({"REGISTER", "UNDO"})
+
+    @classmethod
+    def problem(cls, context) -> str:
+        return discard_problem(context)
+
+    def execute(self, context):
+        obj = context.active_object
+        object_id = obj[provenance.CANDIDATE_OF] if provenance.is_candidate(obj) else obj.get(provenance.OBJECT)
+        original = provenance.by_object_id([object_id]).get(object_id)
+        importer.discard_candidates(object_id)
+        if original is not None and original.name in context.view_layer.objects:
+            context.view_layer.objects.active = original
+            original.select_set(True)
         return {"FINISHED"}
 
 
@@ -206,7 +298,8 @@ class ISCENE_OT_load_label_map(Gated, bpy.types.Operator, ImportHelper):
         return {"FINISHED"}
 
 
-CLASSES = (ISCENE_OT_generate, ISCENE_OT_segment, ISCENE_OT_regenerate, ISCENE_OT_refine, ISCENE_OT_randomize_seed,
+CLASSES = (ISCENE_OT_generate, ISCENE_OT_segment, ISCENE_OT_regenerate, ISCENE_OT_refine, ISCENE_OT_build_meshes,
+           ISCENE_OT_variants, ISCENE_OT_keep_variant, ISCENE_OT_discard_variants, ISCENE_OT_randomize_seed,
            ISCENE_OT_set_size, ISCENE_OT_use_active_image, ISCENE_OT_load_label_map)
 
 register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -103,6 +103,7 @@ def draw_inputs(context, layout, settings) -> None:
     col.prop(settings, "detail")
     col.prop(settings, "room_width")
     col.prop(settings, "make_camera_active")
+    col.prop(settings, "layout_only")
     box.operator("iscene.generate", icon="SCENE_DATA")
 
 
@@ -156,8 +157,24 @@ def draw_jobs(context, layout) -> None:
             box.label(text="Cancelled", icon="CANCEL")
 
 
+def draw_candidate(context, layout) -> None:
+    """The active variant candidate: keep it or discard them all."""
+    obj = context.active_object
+    box = layout.box()
+    original = provenance.original_of(obj)
+    box.label(text=f"Candidate {obj[provenance.CANDIDATE_INDEX]} of {original.name if original else 'a deleted object'}"
+                   f", seed {obj[provenance.CANDIDATE_SEED]}", icon="OUTLINER_OB_GROUP_INSTANCE")
+    row = box.row(align=True)
+    row.operator("iscene.keep_variant", icon="CHECKMARK")
+    row.operator("iscene.discard_variants", icon="X")
+
+
 def draw_edit(context, layout, settings) -> None:
-    """The selected objects of a generated scene: seed, lock, Regenerate, Refine, real size, camera."""
+    """The selected objects of a generated scene: seed, lock, Regenerate, Refine, Build Meshes (a layout),
+    Variants, real size, camera."""
+    if provenance.is_candidate(context.active_object):
+        draw_candidate(context, layout)
+        return
     root, selected = provenance.selected_scene(context)
     if root is None:
         return
@@ -169,7 +186,13 @@ def draw_edit(context, layout, settings) -> None:
         row.prop(obj, "iscene_seed")
         row.operator("iscene.randomize_seed", text="", icon="FILE_REFRESH")
         box.prop(obj, "iscene_locked")
+    if provenance.is_layout_scene(root):
+        box.operator("iscene.build_meshes", icon="MESH_DATA")
     box.operator("iscene.regenerate", icon="FILE_REFRESH")
+    row = box.row(align=True)
+    row.operator("iscene.variants", icon="OUTLINER_OB_GROUP_INSTANCE")
+    if provenance.candidates_of(obj):
+        row.operator("iscene.discard_variants", text="", icon="X")
     col = box.column(align=True)
     col.prop(settings, "strength")
     col.prop(settings, "refine_selected")

@@ -80,3 +80,55 @@ def local_server_problem(context) -> str:
     if not prefs.server_command.strip():
         return "set the Local Server Command (e.g. iscene-server serve)"
     return "a server started by Blender is already running" if LocalServer.running() else ""
+
+
+def scene_busy(root) -> bool:
+    """Whether a job of this add-on is changing ``root``'s scene right now."""
+    return any(job.active and job.root == root[provenance.SCENE] for job in RUNTIME.jobs.values())
+
+
+def build_problem(context) -> str:
+    """Why Build Meshes cannot turn the selected scene's proxies into meshes now."""
+    root, _ = provenance.selected_scene(context)
+    if root is None:
+        return "select an object of a generated layout (Generate Scene with Layout Only)"
+    if scene_busy(root):
+        return "a job is still changing this scene: wait for it or cancel it"
+    if not provenance.is_layout_scene(root):
+        return "this scene is not a layout (it has meshes already; Regenerate makes new shapes)"
+    return server_problem(context)
+
+
+def variants_problem(context) -> str:
+    """Why Variants… cannot make candidates for the active object now."""
+    obj = context.active_object
+    if provenance.is_candidate(obj):
+        return "this is a candidate: Keep This One or Discard Variants first"
+    if not provenance.is_instance(obj):
+        return "make a generated object active"
+    root = provenance.root_of(obj)
+    if root is None:
+        return "the generated scene's root empty was deleted; re-import the job from the history"
+    if provenance.is_proxy(obj) or provenance.is_layout_scene(root):
+        return "this object is a layout proxy: Build Meshes first"
+    if scene_busy(root):
+        return "a job is still changing this scene: wait for it or cancel it"
+    return server_problem(context)
+
+
+def candidate_problem(context) -> str:
+    """Why Keep This One cannot keep the active object."""
+    obj = context.active_object
+    if not provenance.is_candidate(obj):
+        return "make a variant candidate active (Variants… lays them out beside the object)"
+    if provenance.original_of(obj) is None or provenance.root_of(provenance.original_of(obj)) is None:
+        return "the object these candidates were made for was deleted: Discard Variants"
+    return ""
+
+
+def discard_problem(context) -> str:
+    """Why Discard Variants has nothing to remove."""
+    obj = context.active_object
+    if provenance.is_candidate(obj) or provenance.candidates_of(obj):
+        return ""
+    return "make an object with variant candidates (or one of its candidates) active"

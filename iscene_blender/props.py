@@ -85,7 +85,7 @@ class ISceneJobRecord(bpy.types.PropertyGroup):
 
     key: StringProperty(name="Key", description="The add-on's id of the job")
     server_id: StringProperty(name="Server Job", description="The server's id of the job")
-    kind: StringProperty(name="Kind", description="generate, regenerate, refine, segment or import")
+    kind: StringProperty(name="Kind", description="generate, regenerate, refine, build, variants, segment or import")
     title: StringProperty(name="Title", description="What the job was")
     state: StringProperty(name="State", description="The job's last known state")
     message: StringProperty(name="Message", description="Why the job failed")
@@ -116,6 +116,9 @@ class ISceneSettings(bpy.types.PropertyGroup):
     room_width: FloatProperty(name="Room Width", default=4.0, min=0.01, soft_max=100.0, unit="LENGTH",
                               description="Width of the generated scene, in metres (its widest horizontal side); "
                                           "change it later with Set Size from Selected")
+    layout_only: BoolProperty(name="Layout Only", default=False,
+                              description="Generate stops at the layout (stage 1): wire proxies to arrange and "
+                                          "refine in seconds; Build Meshes then makes the meshes")
     make_camera_active: BoolProperty(name="Use as Scene Camera", default=True,
                                      description="On import, make the solved camera the scene camera and set the "
                                                  "render resolution to the image's")

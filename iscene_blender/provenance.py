@@ -19,6 +19,11 @@ JOB = "iscene_job"  # on the root: the scene's latest job; on an object: the job
 LABEL = "iscene_label"
 CAMERA = "iscene_camera"
 OBJECT = "iscene_object"  # a member's own id, renewed when a request targets it
+PROXY = "iscene_proxy"  # on a member whose mesh is still its layout proxy (stage 1's voxels), not its final mesh
+STAGE = "iscene_stage"  # on the root: "layout" when its latest finished job stopped at the layout, else "meshes"
+CANDIDATE_OF = "iscene_candidate_of"  # on a variant candidate (never a member): its original's object id
+CANDIDATE_INDEX = "iscene_candidate_index"
+CANDIDATE_SEED = "iscene_candidate_seed"
 
 
 def new_id() -> str:
@@ -31,6 +36,34 @@ def is_member(obj) -> bool:
 
 def is_instance(obj) -> bool:
     return is_member(obj) and LABEL in obj
+
+
+def is_proxy(obj) -> bool:
+    return is_instance(obj) and bool(obj.get(PROXY))
+
+
+def is_layout_scene(root) -> bool:
+    return root is not None and root.get(STAGE) == "layout"
+
+
+def is_candidate(obj) -> bool:
+    return obj is not None and CANDIDATE_OF in obj
+
+
+def candidates_for(object_id: str | None) -> list:
+    """The variant candidates laid out for the object with this id, by index."""
+    found = [o for o in bpy.data.objects if object_id and o.get(CANDIDATE_OF) == object_id]
+    return sorted(found, key=lambda o: int(o.get(CANDIDATE_INDEX, 0)))
+
+
+def candidates_of(obj) -> list:
+    """The variant candidates laid out for ``obj`` (an original)."""
+    return candidates_for(obj.get(OBJECT) if obj is not None else None)
+
+
+def original_of(candidate):
+    """The object a candidate was made for (None if it was deleted)."""
+    return by_object_id([candidate[CANDIDATE_OF]]).get(candidate[CANDIDATE_OF]) if is_candidate(candidate) else None
 
 
 def root_of(obj):

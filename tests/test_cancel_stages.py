@@ -129,11 +129,12 @@ def test_preprocessing_stops_at_the_next_instance(monkeypatch, small_scene):
 
 def test_export_stops_between_files_and_presents_no_scene(monkeypatch, pipeline, small_inputs, tmp_path):
     tracker, cancel = tracker_with_event()
-    spy = CancelAfter(results.write_instance_glb, 1, cancel)
+    spy = CancelAfter(results.write_instance_glb, 3, cancel)  # the two objects' proxies, then the first mesh
     monkeypatch.setattr(results, "write_instance_glb", spy)
     with pytest.raises(Cancelled):
         run_generate(pipeline, tmp_path, FAST, small_inputs, tracker)
-    assert spy.calls == 1 and len(list(tmp_path.glob("instance_*.glb"))) == 1
+    assert spy.calls == 3 and len(list(tmp_path.glob("instance_*.glb"))) == 1
+    assert len(list(tmp_path.glob("proxy_*.glb"))) == 2
     assert not (tmp_path / SCENE_JSON).exists() and not (tmp_path / "scene.glb").exists()
     assert tracker.stage == "export" and not tracker.done
 
@@ -198,9 +199,10 @@ def test_the_service_learns_stage_costs_and_predicts_the_next_job(monkeypatch, t
 
         cancel_in_export = {}
 
-        def writes_then_cancels(*args, **kwargs):
-            results_write(*args, **kwargs)
-            service.cancel(cancel_in_export["job"])
+        def writes_then_cancels(path, *args, **kwargs):
+            results_write(path, *args, **kwargs)
+            if path.name.startswith("instance_"):  # the first object's mesh (its proxy came with the layout)
+                service.cancel(cancel_in_export["job"])
 
         results_write = results.write_instance_glb
         monkeypatch.setattr(results, "write_instance_glb", writes_then_cancels)

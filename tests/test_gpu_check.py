@@ -67,6 +67,20 @@ def test_the_tiny_check_passes_and_prints_every_stage(tiny_check):
     assert abs(figures["wall_s"] - wall) < 1e-3 and all(v > 0 for v in figures["voxels"])
 
 
+def test_the_time_to_first_look_is_in_order_and_within_the_scene(tiny_check):
+    proc, figures = tiny_check
+    rows = table_rows(proc.stdout)
+    layout = float(rows["layout ready (stage 1 + camera)"][0])
+    first, whole = float(rows["first object finished"][0]), float(rows["whole scene (+ export)"][0])
+    ratio = float(next(value for name, value in rows.items() if name.startswith("layout / whole scene"))[0])
+    assert 0 < layout <= first <= whole
+    assert ratio == pytest.approx(layout / whole, abs=2e-3)
+    # the layout waits for stage 1 and its occupancy decoding at least; the scene ends after every stage
+    times = {label: float(rows[label][0]) for label, _ in gpu_check.TIME_ROWS}
+    assert layout >= times["stage 1"] + times["SS decode"] - 1e-3
+    assert figures["first_look"]["ratio"] == pytest.approx(ratio, abs=1e-3)
+
+
 def test_memory_rows_for_every_stage_the_listener_saw(tiny_check):
     proc, _ = tiny_check
     rows = table_rows(proc.stdout)

@@ -107,7 +107,7 @@ def test_regenerating_one_instance_leaves_every_other_file_byte_identical(tiny_p
              "--only", "4", "--instance-seed", "4=777")
     after = digests(folder)
     changed = {name for name in before if before[name] != after[name]}
-    assert changed == {"instance_4.glb", "instance_4.ply", "scene.glb", "scene.json", "structure.npz"}
+    assert changed == {"instance_4.glb", "instance_4.ply", "proxy_4.glb", "scene.glb", "scene.json", "structure.npz"}
     manifest = json.loads((folder / "scene.json").read_text())
     old = json.loads((scene_dir / "scene.json").read_text())
     assert manifest["frame"] == old["frame"] and manifest["scene_seed"] == old["scene_seed"]

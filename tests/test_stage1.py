@@ -40,8 +40,12 @@ def test_cli_writes_occupancy_and_a_matching_summary(tiny_package, scene_files, 
     assert "stage1 3/3" in proc.stderr and "done" in proc.stderr  # the progress bar
     summary = json.loads((tmp_path / "scene.json").read_text())
     arrays = np.load(tmp_path / "structure.npz")
-    assert summary["stages"] == 1 and not list(tmp_path.glob("*.glb"))
+    assert summary["stages"] == 1 and summary["stage"] == "layout" and summary["camera"] is not None
     assert [i["label"] for i in summary["instances"]] == [5, 9, 200]
+    # a layout: a light proxy per object, no meshes (the same files a layout job of the server writes)
+    assert sorted(p.name for p in tmp_path.glob("*.glb")) == ["proxy_200.glb", "proxy_5.glb", "proxy_9.glb"]
+    assert all(i["proxy"] == f"proxy_{i['label']}.glb" and i["file"] is None for i in summary["instances"])
+    assert "proxy_" in proc.stdout
     assert summary["frame"]["crop_box"] == [27.0, -58.0, 663.0, 578.0]
     assert summary["frame"]["image_size"] == [640, 480]
     stage1 = summary["sampler"]["stage1"]

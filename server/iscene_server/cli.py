@@ -89,7 +89,7 @@ def _instance_seeds(pairs: list[str]) -> dict[int, int]:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .engine.pipeline import (
         GENERATE_PLAN,
-        STAGE1_PLAN,
+        LAYOUT_PLAN,
         GenerationRequest,
         ScenePipeline,
     )
@@ -126,7 +126,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     bar = ProgressBar()
     try:
         if args.stage == 1:
-            manifest = writer.write_stage1(pipeline.stage1(scene, request, ProgressTracker(STAGE1_PLAN, bar)))
+            first, camera = pipeline.layout(scene, request, ProgressTracker(LAYOUT_PLAN, bar))
+            manifest = writer.write_stage1(first, camera, keep_scene_slot=regenerating)
         else:
             result = pipeline.generate(scene, request, ProgressTracker(GENERATE_PLAN, bar))
             manifest = writer.write_scene(result, keep_scene_slot=regenerating)
@@ -135,7 +136,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     print(Path(args.out) / "scene.json")
     for entry in manifest["instances"]:
         shape = f", {entry['faces']} faces -> {entry['file']}" if entry.get("file") else ""
-        print(f"instance {entry['label']}: seed {entry['seed']}, {entry['voxels']} voxels{shape}")
+        proxy = f", proxy {entry['proxy']}" if entry.get("proxy") and not entry.get("file") else ""
+        print(f"instance {entry['label']}: seed {entry['seed']}, {entry['voxels']} voxels{shape}{proxy}")
     return 0
 
 

@@ -315,7 +315,11 @@ def test_cancel_stops_the_job_on_the_server(bpy, addon, inputs, server):
     assert bpy.ops.iscene.cancel(key=job.key) == {"FINISHED"}
     pump_until(addon, lambda: not job.active, timeout=60)
     assert job.state == "cancelled"
-    assert server.wait(job.server_id, timeout=60)["state"] == "cancelled"
+    stopped = server.wait(job.server_id, timeout=60)
+    assert stopped["state"] == "cancelled"
+    # cancelled during stage 1, before the layout: nothing to keep (after the layout the proxies stay, see
+    # test_progressive.py::test_cancel_after_the_layout_keeps_the_proxies)
+    assert not stopped["layout_ready"] and stopped["events"] == []
     assert "I-Scene living_room" not in bpy.data.collections
 
 

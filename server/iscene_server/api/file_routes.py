@@ -1,4 +1,5 @@
-"""``GET /v1/jobs/{id}/files/{name}``: the result files of a finished job."""
+"""``GET /v1/jobs/{id}/files/{name}``: the result files of a job, as soon as each is written (while it runs, and
+after it was cancelled or failed, too: files are written atomically)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,16 @@ from ..jobs.json_fields import parse_json_field
 from ..jobs.service import JobService
 from .decoding import DecodeGate
 from .routing import JOB_ID, created
-from .schemas import GenerationParams, JobCreated, JobList, JobStatus, RefineBody, RegenerateBody
+from .schemas import (
+    BuildBody,
+    GenerationParams,
+    JobCreated,
+    JobList,
+    JobStatus,
+    RefineBody,
+    RegenerateBody,
+    VariantsBody,
+)
 
 PARAMS_EXAMPLE = '{"seed": 7, "detail": "high"}'
 
@@ -46,7 +55,8 @@ def jobs_router(service: JobService, gate: DecodeGate, max_pixels: int) -> APIRo
     def cancel_job(job_id: str = JOB_ID):
         return service.cancel(job_id)
 
-    @router.get("/jobs/{job_id}/scene", summary="the scene manifest of a finished job")
+    @router.get("/jobs/{job_id}/scene",
+                summary="the scene manifest (while the job runs: the partial one, once its layout is ready)")
     def get_scene(job_id: str = JOB_ID) -> dict:
         return service.scene(job_id)
 
@@ -55,9 +65,19 @@ def jobs_router(service: JobService, gate: DecodeGate, max_pixels: int) -> APIRo
     def regenerate(body: RegenerateBody, job_id: str = JOB_ID):
         return created(service.submit_regenerate(job_id, body.labels, body.seeds))
 
+    @router.post("/jobs/{job_id}/build", status_code=202, response_model=JobCreated,
+                 summary="make the meshes of a layout job, without running stage 1 again (a child job)")
+    def build(body: BuildBody | None = None, job_id: str = JOB_ID):
+        return created(service.submit_build(job_id))
+
     @router.post("/jobs/{job_id}/refine", status_code=202, response_model=JobCreated,
                  summary="re-generate the scene coherently with edited transforms (a child job)")
     def refine(body: RefineBody, job_id: str = JOB_ID):
         return created(service.submit_refine(job_id, body.transforms, body.locked, body.strength, body.seed))
+
+    @router.post("/jobs/{job_id}/variants", status_code=202, response_model=JobCreated,
+                 summary="K candidate shapes of one instance, made together (a child job)")
+    def variants(body: VariantsBody, job_id: str = JOB_ID):
+        return created(service.submit_variants(job_id, body.label, body.count, body.seeds))
 
     return router

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..engine.seeds import DEFAULT_SEED, SEED_LIMIT
+from ..engine.variants import MAX_VARIANTS
 
 Label = int
 
@@ -30,6 +31,8 @@ class GenerationParams(StrictModel):
     labels: list[Label] | None = Field(None, min_length=1, max_length=100, description="only these instances")
     min_floater: float = Field(0.02, ge=0, le=1, description="drop mesh parts smaller than this fraction")
     mesh_grid: Literal["iscene", "trellis"] = "iscene"
+    until: Literal["meshes", "layout"] = Field("meshes", description="the last result: meshes, or only the layout "
+                                               "(stage 1: proxies and camera; POST /v1/jobs/{id}/build adds meshes)")
     name: str | None = Field(None, max_length=200, description="what job lists call the scene, e.g. the image's "
                              "file name (not used by the model)")
 
@@ -46,12 +49,23 @@ class RegenerateBody(StrictModel):
         return seeds
 
 
+class VariantsBody(StrictModel):
+    label: Label = Field(..., description="the instance to make candidates of")
+    count: int = Field(..., description=f"how many candidates, 1 to {MAX_VARIANTS} (made together in one pass)")
+    seeds: list[int] | None = Field(None, description=f"one distinct seed per candidate, in [0, {SEED_LIMIT}) "
+                                                      "(default: random ones)")
+
+
 class FiniteModel(StrictModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 Matrix = list[list[float]]
 MAX_TRANSLATION = 10.0  # scene units; the scene volume is the cube [-0.5, 0.5]^3
+
+
+class BuildBody(StrictModel):
+    """``POST /v1/jobs/{id}/build`` takes no options: the layout job's parameters and seeds are used."""
 
 
 class RefineBody(FiniteModel):
@@ -135,6 +149,11 @@ class JobStatus(BaseModel):
     queue_position: int | None
     error: ErrorBody | None
     params: dict
+    layout_ready: bool = Field(False, description="the layout (partial manifest, proxies, camera) is served")
+    ready_labels: list[int] = Field([], description="labels whose final files this job made are downloadable")
+    ready_variants: list[int] = Field([], description="variants jobs: candidate indices whose files are downloadable")
+    events: list[dict] = Field([], description="what the job published, in order: {seq, event (layout | instance | "
+                               "variant), label (instance, variant), index (variant), t (seconds since it started)}")
 
 
 class JobList(BaseModel):

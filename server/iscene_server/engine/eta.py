@@ -29,7 +29,7 @@ log = logging.getLogger("iscene.eta")
 FORMAT = "iscene-stage-costs/1"
 COSTS_FILE = "stage_costs.json"
 SCENE_STAGES = ("preprocess", "condition", "stage1", "decode", "camera", "stage2", "meshes", "export")
-SCENE_KINDS = ("generate", "regenerate", "refine")
+SCENE_KINDS = ("generate", "regenerate", "refine", "build", "variants")
 FALLBACK_KIND = "generate"  # a kind without history of its own starts from these costs
 LEARNING_RATE = 0.5  # weight of the newest job in the running mean: the last 2-3 jobs dominate
 DEFAULT_STEPS = 25  # the released samplers' steps, when a job does not say
@@ -57,14 +57,15 @@ class JobSize:
     stage2_steps: int = DEFAULT_STEPS
     formats: tuple[str, ...] = ("mesh",)
     camera: bool = True  # a new frame gets its camera fitted; regenerate and refine keep the parent's
-    resample: bool = True  # stage 1 runs (a refine at strength 0 only rebuilds moved instances)
+    resample: bool = True  # stage 1 runs (a refine at strength 0 only rebuilds moved instances, a build none)
+    meshes: bool = True  # stage 2 and the meshes run (a layout job stops after stage 1 and the camera)
 
     def units(self) -> dict[str, float]:
         """Units of work per stage; a stage the job skips has 0."""
         k = max(1, self.instances)
         return {"preprocess": k, "condition": 1 + k, "stage1": self.stage1_steps * (1 + k) * self.resample,
-                "decode": k * self.resample, "camera": k * self.camera, "stage2": self.stage2_steps * k,
-                "meshes": k * max(1, len(self.formats)), "export": k}
+                "decode": k * self.resample, "camera": k * self.camera, "stage2": self.stage2_steps * k * self.meshes,
+                "meshes": k * max(1, len(self.formats)) * self.meshes, "export": k}
 
 
 def device_key(model: str, device: str, dtype: str) -> str:
@@ -163,4 +164,6 @@ def relative_plan(stages) -> dict[str, float]:
 
 
 STAGE1_PLAN = relative_plan(("preprocess", "condition", "stage1", "decode"))
+LAYOUT_PLAN = relative_plan(("preprocess", "condition", "stage1", "decode", "camera"))
+BUILD_PLAN = relative_plan(("preprocess", "condition", "stage2", "meshes"))
 GENERATE_PLAN = relative_plan(("preprocess", "condition", "stage1", "decode", "camera", "stage2", "meshes"))

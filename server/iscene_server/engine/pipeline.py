@@ -6,6 +6,10 @@ stage 2 (structured latents) -> meshes (decode, FlexiCubes, clean-up) and option
 The CPU work overlaps the GPU (engine/cleanup.py): the camera solve runs in a worker process while stage 2
 samples, and each object's mesh clean-up while the GPU decodes the next object, so the GPU never waits on the
 CPU and only the last object's clean-up is left once the GPU is done.
+
+Results are announced as they become final (:mod:`.announcing`, to a :class:`~.listener.ResultListener`): the
+layout once stage 1 and the camera solve are done, while stage 2 runs; then each object once its mesh is
+cleaned up, in the order the clean-ups finish.
 """
 
 from __future__ import annotations
@@ -20,11 +24,13 @@ from ..devices import resolve_device, resolve_dtype
 from ..errors import InputError
 from ..geometry.ply import GaussianCloud
 from ..geometry.postprocess import ColoredMesh
+from .announcing import FinalInstances, LayoutAnnouncer
 from .camera.solve import CameraFit
 from .cancel import cancellation_points
-from .cleanup import CleanupPool, CleanupTask, clean_mesh, fit_camera
+from .cleanup import CleanupPool, CleanupTask, clean_mesh
 from .conditioning import encode_images
-from .eta import GENERATE_PLAN, STAGE1_PLAN
+from .eta import BUILD_PLAN, GENERATE_PLAN, LAYOUT_PLAN, STAGE1_PLAN
+from .listener import ResultListener
 from .packages.layouts import IScenePackage
 from .packages.loader import ModelSet
 from .preprocess import SceneInput, SceneSlots, build_slots
@@ -105,7 +111,7 @@ class Stage1Result:
     structure: SceneStructure
     settings: dict
     timings: dict[str, float]
-    instance_cond: torch.Tensor  # [K, N-1, T, C] condition tokens of each instance's own slots
+    instance_cond: torch.Tensor | None  # [K, N-1, T, C] tokens of each instance's own slots; None: not encoded
 
 
 class ScenePipeline:
@@ -200,36 +206,80 @@ class ScenePipeline:
         timer.lap("decode")
         return structure, _describe_settings(settings)
 
+    def layout(self, scene: SceneInput, request: Stage1Request | None = None,
+               progress: ProgressTracker | None = None) -> tuple[Stage1Result, CameraFit | None]:
+        """Stage 1 and, for a new frame (``request.scene_box`` None), the camera solve: a layout, no meshes."""
+        request = request or Stage1Request()
+        progress = progress or ProgressTracker(LAYOUT_PLAN)
+        timer = Timer()
+        first = self._stage1(scene, request, progress, timer)
+        announcer = LayoutAnnouncer(self.workers, first, scene, request, progress, timer)
+        progress.begin("camera")
+        try:
+            announcer.wait()
+        finally:
+            announcer.close()
+        progress.finish()
+        return first, announcer.camera
+
     def generate(self, scene: SceneInput, request: GenerationRequest | None = None,
-                 progress: ProgressTracker | None = None) -> SceneResult:
-        """The whole scene (or ``request.labels`` of it): occupancy, latents, meshes, Gaussians."""
+                 progress: ProgressTracker | None = None, listener: ResultListener | None = None) -> SceneResult:
+        """The whole scene (or ``request.labels`` of it): occupancy, latents, meshes, Gaussians. ``listener``
+        hears the layout once stage 1 and the camera solve (which runs while stage 2 samples) are done, then
+        each instance as it becomes final."""
         request = request or GenerationRequest()
         progress = progress or ProgressTracker(GENERATE_PLAN)
         timer = Timer()
         first = self._stage1(scene, request, progress, timer)
-        camera, solving = None, None
-        if request.scene_box is None:  # a new frame: fit its camera (regenerations keep their parent's)
-            voxels = {i.label: i.coords for i in first.structure.instances}
-            solving = self.workers.submit(fit_camera, voxels, scene.ids, first.slots.scene_box)
+        announcer = LayoutAnnouncer(self.workers, first, scene, request, progress, timer, listener)
         try:
+            announcer.poll()
             results, settings, frame = self.finish_instances(first.structure.instances,
-                                                             first.instance_cond[:, 0], request, progress, timer)
-            if solving is not None:
-                solved = self.workers.result(solving, "camera solve", progress.check_cancelled)
-                camera = solved.value
-                timer.add("camera", solved.seconds)
+                                                             first.instance_cond[:, 0], request, progress, timer,
+                                                             announcer.after_layout(), on_step=announcer.poll)
+            announcer.wait()
         finally:
-            if solving is not None:
-                self.workers.cancel([solving])
+            announcer.close()
         progress.finish()
         return SceneResult(first.slots, request.seed, first.structure.scene_latent, results,
-                           {"stage1": first.settings, "stage2": settings}, timer.timings, frame, camera,
+                           {"stage1": first.settings, "stage2": settings}, timer.timings, frame, announcer.camera,
+                           timer.gpu_finished_at)
+
+    def build(self, scene: SceneInput, layout: SceneStructure, stage1_settings: dict, request: GenerationRequest,
+              progress: ProgressTracker | None = None, listener: ResultListener | None = None) -> SceneResult:
+        """The meshes of a layout made earlier (a layout job's occupancies and seeds, in its frame
+        ``request.scene_box``) without stage 1: the same results as :meth:`generate` of that scene and seed.
+        ``listener`` hears the layout at once, then each instance as it becomes final."""
+        progress = progress or ProgressTracker(BUILD_PLAN)
+        listener = listener or ResultListener()
+        timer = Timer()
+        by_label = {i.label: i for i in layout.instances}
+        progress.begin("preprocess")
+        slots = build_slots(scene, self.package.exp_setting, sorted(by_label), request.scene_box,
+                            progress.check_cancelled)
+        timer.lap("preprocess")
+        progress.begin("condition")
+        _, instance_cond = self.conditions(slots, progress.check_cancelled)
+        timer.lap("condition")
+        instances = [by_label[label] for label in slots.label_ids]  # the order generate samples them in
+        first = Stage1Result(slots, SceneStructure(layout.scene_seed, layout.scene_latent, instances),
+                             stage1_settings, timer.timings, instance_cond)
+        listener.layout(first, None)
+        results, settings, frame = self.finish_instances(instances, instance_cond[:, 0], request, progress, timer,
+                                                         listener)
+        progress.finish()
+        return SceneResult(slots, layout.scene_seed, layout.scene_latent, results,
+                           {"stage1": stage1_settings, "stage2": settings}, timer.timings, frame, None,
                            timer.gpu_finished_at)
 
     def finish_instances(self, instances: list[InstanceStructure], cond: torch.Tensor, request: GenerationRequest,
-                         progress: ProgressTracker, timer: Timer) -> tuple[list[InstanceResult], dict, MeshFrame]:
+                         progress: ProgressTracker, timer: Timer, listener: ResultListener | None = None,
+                         on_step: Callable[[], None] | None = None
+                         ) -> tuple[list[InstanceResult], dict, MeshFrame]:
         """Stage 2 and decoding for instances whose occupancy is known; ``cond [K, T, C]`` are their
-        scene-space instance slot tokens. Returns the results, the stage-2 settings and the mesh frame."""
+        scene-space instance slot tokens. Returns the results, the stage-2 settings and the mesh frame.
+        ``listener.instance`` hears each instance as soon as it is final (clean-ups finish in any order);
+        ``on_step()`` runs after every stage-2 sampling step."""
         settings = self.package.sampler("slat_sampler", steps=request.slat_steps,
                                         cfg_strength=request.slat_cfg_strength)
         _check_steps(settings.steps, "stage-2")
@@ -244,32 +294,28 @@ class ScenePipeline:
             done = start // STAGE2_BATCH * settings.steps
             latents.append(stage2.sample([i.coords for i in chunk], cond[start:start + len(chunk)],
                                          [i.seed for i in chunk], self.models.get("denoiser").num_slots,
-                                         _offset_steps(progress, done)))
+                                         _offset_steps(progress, done, on_step)))
         timer.lap("stage2")
 
         progress.begin("meshes", len(instances))
-        decoded, cleaning = [], []
+        finals = FinalInstances(self.workers, listener or ResultListener(), progress, timer)
         try:
             for index, inst in enumerate(instances):
                 batch = latents[index // STAGE2_BATCH]
                 result, raw = self._decode(stage2, batch, index % STAGE2_BATCH, inst, request, progress, timer)
-                decoded.append(result)
                 timer.gpu_done()  # the last object's stamp stays: the GPU's last work for this job
+                cleaning = None
                 if raw is not None:  # clean it up while the GPU decodes the next object
                     task = CleanupTask(inst.label, raw, request.min_floater_fraction, request.target_faces)
-                    cleaning.append((index, self.workers.submit(clean_mesh, task)))
+                    cleaning = self.workers.submit(clean_mesh, task)
                     timer.skip()  # submitting (inline: doing) the clean-up is charged through its worker time
-                progress.step(_finished(decoded, cleaning))
-            for index, future in cleaning:
-                cleaned = self.workers.result(future, f"mesh clean-up of instance {instances[index].label}",
-                                              progress.check_cancelled)
-                decoded[index].mesh = cleaned.value
-                timer.add("mesh_cleanup", cleaned.seconds)
-                progress.step(_finished(decoded, cleaning))
+                finals.add(result, cleaning)
+                finals.publish(wait=False)
+            finals.publish(wait=True)
         finally:
-            self.workers.cancel(future for _, future in cleaning)
+            finals.close()
         timer.skip()
-        return decoded, _describe_settings(settings), stage2.frame
+        return finals.results, _describe_settings(settings), stage2.frame
 
     def _decode(self, stage2: Stage2, latents, index: int, inst: InstanceStructure, request: GenerationRequest,
                 progress: ProgressTracker, timer: Timer) -> tuple[InstanceResult, ColoredMesh | None]:
@@ -298,14 +344,13 @@ class ScenePipeline:
         return InstanceResult(inst, None, gaussians, extracted), raw
 
 
-def _finished(decoded: list, cleaning: list) -> int:
-    """Objects decoded and cleaned up so far (clean-ups may finish out of order)."""
-    return len(decoded) - sum(not future.done() for _, future in cleaning)
-
-
-def _offset_steps(progress: ProgressTracker, done: int) -> StepCallback:
-    """A sampler callback reporting ``done`` earlier steps plus the sampler's own."""
-    return lambda step, _total, _t: progress.step(done + step)
+def _offset_steps(progress: ProgressTracker, done: int, on_step: Callable[[], None] | None = None) -> StepCallback:
+    """A sampler callback reporting ``done`` earlier steps plus the sampler's own, then calling ``on_step()``."""
+    def report(step: int, _total: int, _t: float) -> None:
+        progress.step(done + step)
+        if on_step is not None:
+            on_step()
+    return report
 
 
 def _batches(count: int) -> int:

@@ -1,5 +1,11 @@
 """A scene on disk: ``scene.json`` (the manifest), ``structure.npz`` (stage-1 voxels and latents),
-``instance_<label>.glb`` per instance, ``scene.glb`` (all instances) and optional ``instance_<label>.ply``.
+``proxy_<label>.glb`` (a light placeholder from the occupancy) and ``instance_<label>.glb`` per instance,
+``scene.glb`` (all instances) and optional ``instance_<label>.ply``.
+
+Written progressively by a job: :meth:`SceneWriter.write_layout` once stage 1 is done (the proxies and a
+*partial* manifest, ``"partial": true``), :meth:`SceneWriter.write_finished` as each instance is final (its files,
+the partial manifest again), then the final manifest as always. Every file is written atomically, so a file
+that exists is complete.
 
 Regenerating a subset writes only the regenerated instances' files and the scene-wide files; every other
 instance's files are left untouched (so they stay byte-identical), and its manifest entry is carried over.
@@ -13,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..atomic import write_atomic
 from ..errors import InputError
@@ -20,14 +27,28 @@ from ..geometry.glb_writer import write_instance_glb, write_scene_glb
 from ..geometry.gltf import instance_name
 from ..geometry.ply import write_gaussian_ply
 from ..geometry.postprocess import bounds_and_origin
+from ..geometry.proxy import proxy_mesh
 from ..geometry.voxels import GRID
+from .camera.solve import CameraFit
 from .pipeline import InstanceResult, SceneResult, Stage1Result
-from .stage1 import InstanceStructure
+from .stage1 import InstanceStructure, SceneStructure
 
 FORMAT = "iscene-scene/1"
 SCENE_JSON = "scene.json"
 SCENE_GLB = "scene.glb"
 STRUCTURE_NPZ = "structure.npz"
+
+
+CANDIDATE_FIELDS = ("seed", "file", "vertices", "faces", "bbox", "voxels", "extracted_faces", "ply")
+
+
+def candidate_name(label: int, index: int) -> str:
+    """File stem of variant ``index`` (1-based) of instance ``label``."""
+    return f"{instance_name(label)}_v{int(index)}"
+
+
+def proxy_file(label: int) -> str:
+    return f"proxy_{label}.glb"
 
 
 def file_digest(data: bytes) -> str:
@@ -61,6 +82,19 @@ def read_manifest(folder: str | Path) -> dict | None:
     return manifest
 
 
+def is_layout(manifest: dict) -> bool:
+    """Whether a finished scene is a layout only (stage 1, proxies, no meshes yet)."""
+    return manifest.get("stage") == "layout" and not manifest.get("partial")
+
+
+def read_layout(folder: str | Path, manifest: dict) -> SceneStructure:
+    """The stage-1 structure of the scene in ``folder`` (its ``structure.npz`` and the manifest's seeds)."""
+    with np.load(Path(folder) / STRUCTURE_NPZ) as arrays:
+        instances = [InstanceStructure(e["label"], int(e["seed"]), torch.from_numpy(arrays[f"latent_{e['label']}"]),
+                                       arrays[f"coords_{e['label']}"]) for e in manifest["instances"]]
+        return SceneStructure(int(manifest["scene_seed"]), torch.from_numpy(arrays["scene_latent"]), instances)
+
+
 def check_same_inputs(parent: dict, inputs: dict) -> None:
     if parent.get("inputs", {}).get("digests") != inputs["digests"]:
         raise InputError("the output folder holds a scene made from a different image or label map",
@@ -80,6 +114,9 @@ class SceneWriter:
         self.header = header
         self.parent = parent
         self.check = check
+        self.proxies: dict[int, str | None] = {}  # label -> its proxy file (None: empty occupancy), once written
+        self.finished: dict[int, dict] = {}  # label -> manifest entry of an instance written by write_finished
+        self.layout: tuple[Stage1Result, CameraFit | None] | None = None  # what write_layout was given
 
     def _before_file(self) -> None:
         if self.check is not None:
@@ -123,14 +160,67 @@ class SceneWriter:
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
         }
 
-    def write_stage1(self, result: Stage1Result) -> dict:
+    def _write_proxy(self, inst: InstanceStructure) -> None:
+        """``proxy_<label>.glb`` from the occupancy, or none (a stale one removed) when it is empty."""
+        self._before_file()
+        name, mesh = proxy_file(inst.label), proxy_mesh(inst.coords)
+        if mesh is None:
+            (self.folder / name).unlink(missing_ok=True)
+        else:
+            write_instance_glb(self.folder / name, mesh, label=inst.label, seed=inst.seed,
+                               model_ids=self.header["models"], extras={"proxy": True}, normals=False)
+        self.proxies[inst.label] = None if mesh is None else name
+
+    def _write_proxies(self, instances: list[InstanceStructure]) -> None:
+        for inst in instances:
+            if inst.label not in self.proxies:
+                self._write_proxy(inst)
+
+    def _layout_entry(self, inst: InstanceStructure) -> dict:
+        """The manifest entry of an instance laid out but not built: its voxels, proxy and origin, no file."""
+        bbox = voxel_bounds(inst)
+        return {"label": inst.label, "seed": inst.seed, "voxels": len(inst.coords), "bbox": bbox,
+                "origin": bbox["origin"], "proxy": self.proxies.get(inst.label), "file": None}
+
+    @staticmethod
+    def _with_camera(manifest: dict, camera: CameraFit | None) -> dict:
+        """``manifest`` with ``camera`` (a newly solved one; None keeps the parent's)."""
+        if camera is not None:
+            fit = camera.to_dict()
+            manifest.update(camera=fit["camera"], camera_fit=fit["fit"])
+        return manifest
+
+    def write_stage1(self, result: Stage1Result, camera: CameraFit | None = None,
+                     keep_scene_slot: bool = False, notes: dict | None = None) -> dict:
+        """A layout (stage 1 only) as a finished scene: proxies, no meshes, ``"stage": "layout"``."""
         self.folder.mkdir(parents=True, exist_ok=True)
         structure = result.structure
-        self._write_structure(structure.scene_latent, structure.instances)
-        entries = [{"label": i.label, "seed": i.seed, "voxels": len(i.coords), "bbox": voxel_bounds(i)}
-                   for i in structure.instances]
-        return self._write_manifest(self._manifest(result.slots, structure.scene_seed, entries,
-                                                   {"stage1": result.settings}, result.timings, {"stages": 1}))
+        self._write_structure(None if keep_scene_slot else structure.scene_latent, structure.instances)
+        self._write_proxies(structure.instances)
+        entries = [self._layout_entry(i) for i in structure.instances]
+        manifest = self._manifest(result.slots, structure.scene_seed, entries, {"stage1": result.settings},
+                                  result.timings, {"stages": 1, "stage": "layout"})
+        self._with_camera(manifest, camera).update(notes or {})
+        return self._write_manifest(manifest)
+
+    def write_layout(self, first: Stage1Result, camera: CameraFit | None) -> dict:
+        """Once stage 1 (and the camera solve) is done: the proxies and the partial manifest."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._write_proxies(first.structure.instances)
+        self.layout = (first, camera)
+        return self._write_partial()
+
+    def write_finished(self, inst: InstanceResult) -> dict:
+        """One instance that is final, while the job goes on: its files, then the partial manifest again."""
+        self.finished[inst.label] = self._write_instance(inst)
+        return self._write_partial()
+
+    def _write_partial(self) -> dict:
+        first, camera = self.layout
+        entries = [self.finished.get(i.label) or self._layout_entry(i) for i in first.structure.instances]
+        manifest = self._manifest(first.slots, first.structure.scene_seed, entries, {"stage1": first.settings},
+                                  first.timings, {"partial": True, "stage": "meshes" if self.finished else "layout"})
+        return self._write_manifest(self._with_camera(manifest, camera))
 
     def write_scene(self, result: SceneResult, keep_scene_slot: bool = False, notes: dict | None = None) -> dict:
         """``keep_scene_slot``: a regeneration records its parent's scene latent, not its own recomputation;
@@ -138,13 +228,11 @@ class SceneWriter:
         self.folder.mkdir(parents=True, exist_ok=True)
         self._write_structure(None if keep_scene_slot else result.scene_latent,
                               [i.structure for i in result.instances])
-        entries = [self._write_instance(inst) for inst in result.instances]
+        self._write_proxies([i.structure for i in result.instances])
+        entries = [self.finished.get(inst.label) or self._write_instance(inst) for inst in result.instances]
         manifest = self._manifest(result.slots, result.scene_seed, entries, result.settings, result.timings,
                                   {"stages": 2, "mesh_frame": result.mesh_frame.describe()})
-        if result.camera is not None:
-            fit = result.camera.to_dict()
-            manifest.update(camera=fit["camera"], camera_fit=fit["fit"])
-        manifest.update(notes or {})
+        self._with_camera(manifest, result.camera).update(notes or {})
         meshes = [self.folder / e["file"] for e in manifest["instances"] if e.get("file")]
         if meshes:
             self._before_file()
@@ -152,12 +240,11 @@ class SceneWriter:
             manifest["files"] = {"scene": SCENE_GLB, "structure": STRUCTURE_NPZ}
         return self._write_manifest(manifest)
 
-    def _write_instance(self, inst: InstanceResult) -> dict:
+    def _write_instance(self, inst: InstanceResult, name: str | None = None) -> dict:
+        """``name``: the files' stem (default ``instance_<label>``)."""
         self._before_file()
-        structure, name = inst.structure, instance_name(inst.label)
-        entry = {"label": inst.label, "seed": structure.seed, "voxels": len(structure.coords),
-                 "bbox": voxel_bounds(structure), "file": None, "vertices": 0, "faces": 0,
-                 "extracted_faces": inst.extracted_faces}
+        structure, name = inst.structure, name or instance_name(inst.label)
+        entry = {**self._layout_entry(structure), "vertices": 0, "faces": 0, "extracted_faces": inst.extracted_faces}
         for stale in (f"{name}.glb", f"{name}.ply"):
             (self.folder / stale).unlink(missing_ok=True)
         if inst.mesh is not None:
@@ -170,3 +257,19 @@ class SceneWriter:
             write_gaussian_ply(self.folder / f"{name}.ply", inst.gaussians)
             entry["ply"] = f"{name}.ply"
         return entry
+
+    def write_candidate(self, index: int, inst: InstanceResult) -> dict:
+        """Candidate ``index`` (1-based) of a variants job: ``instance_<label>_v<index>.glb`` (and ``.ply``), written
+        as a regeneration with its seed writes ``instance_<label>.glb``; returns its manifest entry."""
+        entry = self._write_instance(inst, candidate_name(inst.label, index))
+        return {"index": index, **{key: entry[key] for key in CANDIDATE_FIELDS if key in entry}}
+
+    def write_variants(self, label: int, candidates: list[dict], settings: dict, timings: dict) -> dict:
+        """The manifest of a variants job: its parent's (whose files the job folder holds, copied), plus the
+        ``variants`` section listing the ``candidates`` (:meth:`write_candidate`'s entries) and how they were
+        sampled."""
+        if self.parent is None:
+            raise ValueError("a variants manifest extends its parent scene's manifest")
+        variants = {"label": int(label), "candidates": sorted(candidates, key=lambda c: c["index"]),
+                    "sampler": settings, "timings_s": {k: round(v, 4) for k, v in timings.items()}}
+        return self._write_manifest({**self.parent, "variants": variants})

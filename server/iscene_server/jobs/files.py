@@ -10,8 +10,8 @@ from pathlib import Path
 
 from ..errors import NotFoundError
 
-RESULT_FILE = re.compile(r"^(instance_\d{1,10}\.(glb|ply)|scene\.glb|scene\.json|structure\.npz|labels\.png|"
-                         r"segments\.json)$")
+RESULT_FILE = re.compile(r"^(instance_\d{1,10}(_v\d)?\.(glb|ply)|proxy_\d{1,10}\.glb|scene\.glb|scene\.json|"
+                         r"structure\.npz|labels\.png|segments\.json)$")
 
 
 def is_served_file(folder: Path, path: Path) -> bool:

@@ -10,12 +10,14 @@ from pathlib import Path
 from ..engine.preprocess import DEFAULT_MAX_PIXELS, load_scene, open_image
 from ..engine.preprocess.images import header_pixels
 from ..engine.refine.scene import check_refinable
-from ..errors import InputError
+from ..engine.results import is_layout
+from ..engine.variants import check_variant_count, check_variant_seeds
+from ..errors import InputError, StateError
 from ..segment.prompts import parse_prompts
 from .runner import refine_edit
 
 __all__ = ["DEFAULT_MAX_PIXELS", "check_generate", "check_labels", "check_refine", "check_regenerate",
-           "check_segment", "upload_pixels"]
+           "check_segment", "check_variants", "upload_pixels"]
 
 
 def upload_pixels(uploads: Iterable[bytes]) -> int:
@@ -47,9 +49,32 @@ def check_regenerate(manifest: Mapping, labels: Iterable[int], job_id: str) -> N
     check_labels(labels, [entry["label"] for entry in manifest["instances"]], f"job {job_id}")
 
 
+def check_build(manifest: Mapping, job_id: str) -> None:
+    """Scene ``job_id`` (its ``manifest``) is a layout whose meshes a build job can make, else :class:`StateError`."""
+    if not is_layout(manifest):
+        raise StateError(f"job {job_id} is not a layout job: it has meshes already",
+                         "it has meshes already; use regenerate (POST /v1/jobs/{id}/regenerate) for new shapes")
+
+
 def check_refine(parent_folder: Path, params: Mapping) -> None:
     """The edit is valid for the parent scene and leaves something to refine, as the job will find: an object
     moved out of the volume, a scene without a solved camera to re-render from (when re-sampling), or nothing
     to do (all locked; strength 0 and nothing moved) fail here."""
     parent, edit = refine_edit(parent_folder, params)
     check_refinable(parent, edit)
+
+
+def check_variants(manifest: Mapping, label: int, count: int, seeds: list[int] | None, job_id: str) -> None:
+    """A variants job of scene ``job_id`` (its ``manifest``) can run: the scene has meshes (a layout job is
+    :class:`StateError`), instance ``label`` is in it, ``count`` is allowed (:func:`check_variant_count`) and
+    ``seeds``, when given, are ``count`` distinct seeds in range."""
+    if is_layout(manifest):
+        raise StateError(f"job {job_id} is a layout: it has no meshes to make variants of",
+                         "build its meshes first (POST /v1/jobs/{id}/build), then ask the built job for variants")
+    check_labels([label], [entry["label"] for entry in manifest["instances"]], f"job {job_id}")
+    check_variant_count(count)
+    if seeds is not None:
+        if len(seeds) != count:
+            raise InputError(f"{len(seeds)} seeds given for {count} variants",
+                             "give one seed per variant, or leave seeds out for random ones")
+        check_variant_seeds(seeds)

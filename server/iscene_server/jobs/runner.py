@@ -5,6 +5,12 @@
   the parent's scene seed; every other instance's files are copied from the parent byte for byte.
 * ``refine``: a child of a finished job, re-generated coherently with the artist's edits
   (:mod:`iscene_server.engine.refine.scene`); locked and unchanged instances are copied byte for byte.
+* ``build``: a child of a finished layout job (``"until": "layout"``): stage 2 and the meshes of the parent's
+  layout, without stage 1 (the same files a full generate with that seed writes).
+* ``variants``: a child of a finished mesh scene: K candidates of one instance (``instance_<label>_v<k>.glb``),
+  batched through stage 1 and stage 2 (:mod:`iscene_server.engine.variants`); the parent's files are copied.
+* Every scene job publishes as it goes (:mod:`.publishing`): its layout once stage 1 is done, each instance's
+  files once that instance is final; a child of a layout job (regenerate, refine) is a layout itself.
 * ``segment``: SAM on the uploaded image with the job's prompts (:mod:`iscene_server.segment`): ``labels.png``
   (a palette label map) and ``segments.json``.
 """
@@ -19,23 +25,26 @@ import numpy as np
 
 from .. import segment
 from ..engine.eta import DEFAULT_STEPS, JobSize
-from ..engine.pipeline import GenerationRequest, ScenePipeline
+from ..engine.listener import ResultListener
+from ..engine.pipeline import GenerationRequest, InstanceResult, ScenePipeline
 from ..engine.preprocess import decode_label_map, load_scene, open_image
 from ..engine.progress import ProgressTracker
 from ..engine.refine.scene import ParentScene, Refiner, check_edit
-from ..engine.results import SceneWriter, file_digest, read_manifest
+from ..engine.results import SceneWriter, file_digest, is_layout, read_layout, read_manifest
 from ..engine.seeds import DEFAULT_SEED
+from ..engine.variants import generate_variants
 from ..errors import InputError
+from .publishing import Publisher, PublishingListener
 
 DETAIL_FACES = {"low": 15_000, "medium": 50_000, "high": 200_000}
 LABELS_PNG, SEGMENTS_JSON = "labels.png", "segments.json"
 
 
-CHOICES = {"detail": tuple(DETAIL_FACES), "mesh_grid": ("iscene", "trellis")}
+CHOICES = {"detail": tuple(DETAIL_FACES), "mesh_grid": ("iscene", "trellis"), "until": ("meshes", "layout")}
 FORMATS = ("mesh", "gaussian")
 NUMBERS = ("seed", "steps", "cfg", "slat_steps", "slat_cfg", "target_faces", "min_floater")
-PARENT_KINDS = {"regenerate": ("labels", "seeds", "parent_params"),
-                "refine": ("transforms", "locked", "strength", "seed", "parent_params")}
+PARENT_KINDS = {"regenerate": ("labels", "seeds", "parent_params"), "variants": ("label", "seeds", "parent_params"),
+                "refine": ("transforms", "locked", "strength", "seed", "parent_params"), "build": ("parent_params",)}
 
 
 def damaged_params(problem: str) -> InputError:
@@ -79,12 +88,21 @@ def check_stored_params(kind: str, params) -> None:
             check_scene_params({"labels": params["labels"]})
             if params["seeds"] is not None and not isinstance(params["seeds"], dict):
                 raise damaged_params("seeds is not an object")
-        elif not isinstance(params["transforms"], dict) or not _is_number(params["strength"]):
+        elif kind == "variants":
+            if type(params["label"]) is not int or not isinstance(params["seeds"], list):
+                raise damaged_params("label or seeds have the wrong type")
+        elif kind == "refine" and (not isinstance(params["transforms"], dict) or not _is_number(params["strength"])):
             raise damaged_params("transforms or strength have the wrong type")
     elif kind == "generate":
         check_scene_params(params)
     elif not isinstance(params, dict):
         raise damaged_params("they are not a JSON object")
+
+
+def scene_params(kind: str, params: dict) -> dict:
+    """The scene parameters (seed, steps, detail, ...) a scene job of ``kind`` ran with: a generate job's own, a
+    child's those it inherited (so a grandchild keeps them too)."""
+    return params if kind == "generate" else params["parent_params"]
 
 
 def request_from_params(params: dict, **overrides) -> GenerationRequest:
@@ -123,23 +141,64 @@ def export(tracker: ProgressTracker, write: Callable[[], dict]) -> dict:
     return manifest
 
 
+def publishing(writer: SceneWriter, publisher: Publisher | None) -> ResultListener | None:
+    """What writes and announces a scene job's results as they come (nothing without a publisher)."""
+    return None if publisher is None else PublishingListener(writer, publisher)
+
+
+def export_layout(tracker: ProgressTracker, publisher: Publisher | None, write: Callable[[], dict]) -> dict:
+    """A layout job's last stage: ``write()`` the layout as its final scene, then publish the ``layout`` event."""
+    def write_and_publish() -> dict:
+        manifest = write()
+        if publisher is not None:
+            publisher.event("layout")
+        return manifest
+    return export(tracker, write_and_publish)
+
+
 def run_generate(pipeline: ScenePipeline, folder: Path, params: dict, inputs: dict[str, bytes],
-                 tracker: ProgressTracker) -> dict:
+                 tracker: ProgressTracker, publisher: Publisher | None = None) -> dict:
+    """``params["until"] == "layout"``: stage 1 and the camera only (a layout job), else the whole scene."""
     scene = load_scene(inputs["image"], inputs["labels"])
-    result = pipeline.generate(scene, request_from_params(params), tracker)
+    request = request_from_params(params)
     writer = SceneWriter(folder, scene_header(pipeline, inputs), check=tracker.check_cancelled)
+    if params.get("until") == "layout":
+        first, camera = pipeline.layout(scene, request, tracker)
+        return export_layout(tracker, publisher, lambda: writer.write_stage1(first, camera))
+    result = pipeline.generate(scene, request, tracker, publishing(writer, publisher))
     return export(tracker, lambda: writer.write_scene(result))
 
 
 def run_regenerate(pipeline: ScenePipeline, folder: Path, parent_folder: Path, params: dict,
-                   inputs: dict[str, bytes], tracker: ProgressTracker) -> dict:
+                   inputs: dict[str, bytes], tracker: ProgressTracker, publisher: Publisher | None = None) -> dict:
+    """New seeds for some instances; the child of a layout is a layout (stage 1 only)."""
     parent = read_manifest(parent_folder)
     copy_outputs(parent_folder, folder, tracker.check_cancelled)
     scene = load_scene(inputs["image"], inputs["labels"])
     request = request_from_params(params["parent_params"], labels=params["labels"], seeds=params["seeds"],
                                   seed=parent["scene_seed"], scene_box=tuple(parent["frame"]["crop_box"]))
-    result = pipeline.generate(scene, request, tracker)
     writer = SceneWriter(folder, scene_header(pipeline, inputs), parent, check=tracker.check_cancelled)
+    if is_layout(parent):
+        first, _ = pipeline.layout(scene, request, tracker)
+        return export_layout(tracker, publisher, lambda: writer.write_stage1(first, keep_scene_slot=True))
+    result = pipeline.generate(scene, request, tracker, publishing(writer, publisher))
+    return export(tracker, lambda: writer.write_scene(result, keep_scene_slot=True))
+
+
+def run_build(pipeline: ScenePipeline, folder: Path, parent_folder: Path, params: dict, inputs: dict[str, bytes],
+              tracker: ProgressTracker, publisher: Publisher | None = None) -> dict:
+    """The meshes of a layout job's scene: its occupancies and seeds through stage 2, in its frame with its
+    camera; the layout (the parent's, copied) is published at once."""
+    parent = read_manifest(parent_folder)
+    if not is_layout(parent):
+        raise InputError("the parent scene of this build job has meshes already", "use regenerate on it")
+    copy_outputs(parent_folder, folder, tracker.check_cancelled)
+    scene = load_scene(inputs["image"], inputs["labels"])
+    request = request_from_params(params["parent_params"], seed=parent["scene_seed"],
+                                  scene_box=tuple(parent["frame"]["crop_box"]))
+    writer = SceneWriter(folder, scene_header(pipeline, inputs), parent, check=tracker.check_cancelled)
+    result = pipeline.build(scene, read_layout(parent_folder, parent), parent["sampler"]["stage1"], request, tracker,
+                            publishing(writer, publisher))
     return export(tracker, lambda: writer.write_scene(result, keep_scene_slot=True))
 
 
@@ -150,20 +209,58 @@ def refine_edit(parent_folder: Path, params: dict):
     return parent, check_edit(parent, transforms, params["locked"], params["strength"], params["seed"])
 
 
+def refine_notes(edit, plan) -> dict:
+    """What a refine did, for its manifest."""
+    return {"refine": {"strength": edit.strength, "seed": edit.seed,
+                       "locked": sorted(edit.locked), "resampled": plan.resample, "moved_only": plan.rebuild_only,
+                       "hidden": plan.hidden,
+                       "transforms": {str(k): v.tolist() for k, v in sorted(edit.transforms.items())}}}
+
+
 def run_refine(pipeline: ScenePipeline, folder: Path, parent_folder: Path, params: dict, inputs: dict[str, bytes],
-               tracker: ProgressTracker) -> dict:
+               tracker: ProgressTracker, publisher: Publisher | None = None) -> dict:
+    """The refine of a layout is a layout: the moved occupancies, no re-render, no stage 1, no meshes."""
     parent, edit = refine_edit(parent_folder, params)
     copy_outputs(parent_folder, folder, tracker.check_cancelled)
     original = load_scene(inputs["image"], inputs["labels"])
-    request = request_from_params(params["parent_params"], scene_box=parent.frame)
-    result, plan = Refiner(pipeline).run(parent, original, edit, request, tracker)
-    notes = {"refine": {"strength": edit.strength, "seed": edit.seed,
-                        "locked": sorted(edit.locked), "resampled": plan.resample, "moved_only": plan.rebuild_only,
-                        "hidden": plan.hidden,
-                        "transforms": {str(k): v.tolist() for k, v in sorted(edit.transforms.items())}}}
     writer = SceneWriter(folder, scene_header(pipeline, inputs), parent.manifest, check=tracker.check_cancelled)
+    if is_layout(parent.manifest):
+        first, plan = Refiner(pipeline).layout(parent, original, edit, tracker)
+        notes = refine_notes(edit, plan)
+        return export_layout(tracker, publisher,
+                             lambda: writer.write_stage1(first, keep_scene_slot=True, notes=notes))
+    request = request_from_params(params["parent_params"], scene_box=parent.frame)
+    result, plan = Refiner(pipeline).run(parent, original, edit, request, tracker, publishing(writer, publisher))
+    notes = refine_notes(edit, plan)
     keep_scene_slot = result.scene_latent is None
     return export(tracker, lambda: writer.write_scene(result, keep_scene_slot=keep_scene_slot, notes=notes))
+
+
+def run_variants(pipeline: ScenePipeline, folder: Path, parent_folder: Path, params: dict, inputs: dict[str, bytes],
+                 tracker: ProgressTracker, publisher: Publisher | None = None) -> dict:
+    """Candidates of one instance of the parent scene, one per seed, in the parent's frame with its scene seed;
+    each candidate's files are written (and a ``variant`` event published) as soon as it is final. The parent's
+    files are copied (but for the candidates of a variants parent), so the folder holds a whole scene plus the
+    candidates."""
+    parent = read_manifest(parent_folder)
+    copy_outputs(parent_folder, folder, tracker.check_cancelled)
+    for earlier in parent.get("variants", {}).get("candidates", []):
+        for name in (earlier.get("file"), earlier.get("ply")):
+            if name:
+                (folder / name).unlink(missing_ok=True)
+    scene = load_scene(inputs["image"], inputs["labels"])
+    request = request_from_params(params["parent_params"], seed=parent["scene_seed"],
+                                  scene_box=tuple(parent["frame"]["crop_box"]))
+    writer = SceneWriter(folder, scene_header(pipeline, inputs), parent, check=tracker.check_cancelled)
+    candidates = []
+
+    def publish(index: int, result: InstanceResult) -> None:
+        candidates.append(writer.write_candidate(index, result))
+        if publisher is not None:
+            publisher.event("variant", label=result.label, index=index)
+
+    result = generate_variants(pipeline, scene, params["label"], params["seeds"], request, tracker, publish)
+    return export(tracker, lambda: writer.write_variants(result.label, candidates, result.settings, result.timings))
 
 
 def run_segment(segmenter, folder: Path, params: dict, inputs: dict[str, bytes], tracker: ProgressTracker) -> dict:
@@ -188,6 +285,13 @@ def label_count(labels_png: bytes) -> int:
     return int(np.count_nonzero(np.unique(ids)))
 
 
+def cost_kind(kind: str, params: dict) -> str:
+    """Whose stage costs a job runs at (:class:`~iscene_server.engine.eta.StageCosts`): a layout job's own
+    (``"layout"``: its camera solve is a stage of its own, where a full generate's overlaps stage 2), else its
+    kind's."""
+    return "layout" if kind == "generate" and isinstance(params, dict) and params.get("until") == "layout" else kind
+
+
 def typical_units(kind: str) -> dict[str, float]:
     """The units of work of a typical job of ``kind`` (for a job whose inputs cannot be read). A segment job's
     stages cost about the same whatever it is asked: its units are its plan's relative costs."""
@@ -200,14 +304,19 @@ def job_units(kind: str, params: dict, inputs: dict[str, bytes], parent: dict | 
     the parent scene's manifest (regenerate, refine); ``steps``: the package's default steps per stage."""
     if kind == "segment":
         return typical_units(kind)
-    scene_params = params if kind == "generate" else params["parent_params"]
-    size = {"kind": kind, "stage1_steps": scene_params.get("steps") or steps[0],
-            "stage2_steps": scene_params.get("slat_steps") or steps[1],
-            "formats": tuple(scene_params.get("formats", ["mesh"]))}
+    asked = scene_params(kind, params)
+    size = {"kind": kind, "stage1_steps": asked.get("steps") or steps[0],
+            "stage2_steps": asked.get("slat_steps") or steps[1], "formats": tuple(asked.get("formats", ["mesh"]))}
     if kind == "generate":
         count = len(params["labels"]) if params.get("labels") else label_count(inputs["labels"])
-        return JobSize(instances=count, **size).units()
+        return JobSize(instances=count, meshes=params.get("until") != "layout", **size).units()
+    if kind == "build":
+        return JobSize(instances=len(parent["instances"]), camera=False, resample=False, **size).units()
+    if kind == "variants":
+        return JobSize(instances=len(params["seeds"]), camera=False, **size).units()
+    meshes = not is_layout(parent)  # the child of a layout is a layout
     if kind == "regenerate":
-        return JobSize(instances=len(params["labels"]), camera=False, **size).units()
+        return JobSize(instances=len(params["labels"]), camera=False, meshes=meshes, **size).units()
     unlocked = [e for e in parent["instances"] if e["label"] not in set(params["locked"])]
-    return JobSize(instances=len(unlocked), camera=False, resample=params["strength"] > 0, **size).units()
+    return JobSize(instances=len(unlocked), camera=False, resample=meshes and params["strength"] > 0, meshes=meshes,
+                   **size).units()

@@ -25,26 +25,33 @@ from ..engine.pipeline import ScenePipeline
 from ..engine.progress import ProgressTracker, ProgressUpdate
 from ..engine.results import read_manifest
 from ..engine.seeds import random_seed
+from ..engine.variants import random_variant_seeds
 from ..errors import Cancelled, ISceneError, StateError, StorageError, UnavailableError
 from ..segment.model import SamSegmenter, default_segment_model
 from . import intake
 from .files import result_file
+from .publishing import Publisher, readiness
 from .runner import (
     SEGMENTS_JSON,
     check_stored_params,
+    cost_kind,
     default_steps,
     job_units,
+    run_build,
     run_generate,
     run_refine,
     run_regenerate,
     run_segment,
+    run_variants,
+    scene_params,
     typical_units,
 )
 from .store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
 
 log = logging.getLogger("iscene.jobs")
 
-SCENE_KINDS = ("generate", "regenerate", "refine")  # jobs that need the I-Scene model and make a scene
+# jobs that need the I-Scene model and make a scene
+SCENE_KINDS = ("generate", "regenerate", "refine", "build", "variants")
 # Jobs that take seconds while an artist waits: they run before every queued scene job (FIFO among themselves),
 # and need neither the I-Scene model nor its loading to have finished.
 PRIORITY_KINDS = ("segment",)
@@ -174,7 +181,7 @@ class JobService:
         parent = self.require_finished(job_id, SCENE_KINDS)
         intake.check_regenerate(read_manifest(self.store.folder(job_id)), labels, job_id)
         params = {"labels": labels, "seeds": {label: (seeds or {}).get(label, random_seed()) for label in labels},
-                  "parent_params": parent.params}
+                  "parent_params": scene_params(parent.kind, parent.params)}
         return self.submit("regenerate", params, self.store.input_bytes(job_id), parent=job_id)
 
     def submit_refine(self, job_id: str, transforms: dict[int, list], locked: list[int], strength: float,
@@ -184,9 +191,25 @@ class JobService:
         parent = self.require_finished(job_id, SCENE_KINDS)
         params = {"transforms": {str(label): matrix for label, matrix in transforms.items()}, "locked": locked,
                   "strength": strength, "seed": random_seed() if seed is None else seed,
-                  "parent_params": parent.params}
+                  "parent_params": scene_params(parent.kind, parent.params)}
         intake.check_refine(self.store.folder(job_id), params)
         return self.submit("refine", params, self.store.input_bytes(job_id), parent=job_id)
+
+    def submit_build(self, job_id: str) -> JobRecord:
+        """A child of finished layout job ``job_id`` that makes its meshes (stage 2) without running stage 1."""
+        parent = self.require_finished(job_id, SCENE_KINDS)
+        intake.check_build(read_manifest(self.store.folder(job_id)), job_id)
+        return self.submit("build", {"parent_params": scene_params(parent.kind, parent.params)},
+                           self.store.input_bytes(job_id), parent=job_id)
+
+    def submit_variants(self, job_id: str, label: int, count: int, seeds: list[int] | None) -> JobRecord:
+        """A child of finished mesh scene job ``job_id`` making ``count`` candidates of instance ``label`` together,
+        one per seed (``seeds``, else distinct random ones)."""
+        parent = self.require_finished(job_id, SCENE_KINDS)
+        intake.check_variants(read_manifest(self.store.folder(job_id)), label, count, seeds, job_id)
+        params = {"label": label, "seeds": list(seeds) if seeds is not None else random_variant_seeds(count),
+                  "parent_params": scene_params(parent.kind, parent.params)}
+        return self.submit("variants", params, self.store.input_bytes(job_id), parent=job_id)
 
     def _enqueue(self, record: JobRecord) -> None:
         self._units[record.id] = self._job_units(record)
@@ -204,7 +227,8 @@ class JobService:
         out = {"job_id": record.id, "kind": record.kind, "state": record.state, "parent": record.parent,
                "created": record.created, "started": record.started, "finished": record.finished,
                "error": record.error, "params": record.params, "stage": None, "step": None, "total": None,
-               "progress": 1.0 if record.state == SUCCEEDED else 0.0, "eta_s": None, "queue_position": None}
+               "progress": 1.0 if record.state == SUCCEEDED else 0.0, "eta_s": None, "queue_position": None,
+               **readiness(record.events), "events": record.events}
         if record.stopped_at is not None:
             out.update(record.stopped_at)
         live = self._live.get(job_id)
@@ -254,7 +278,9 @@ class JobService:
 
     def _prediction(self, job_id: str, kind: str) -> dict[str, float] | None:
         key = self._cost_key(kind)
-        return None if key is None else self.costs.predict(key, kind, self._units.get(job_id, {}))
+        if key is None:
+            return None
+        return self.costs.predict(key, cost_kind(kind, self.store.get(job_id).params), self._units.get(job_id, {}))
 
     def _running_eta(self, job_id: str) -> float | None:
         """The running job's ETA, counted down since its latest update."""
@@ -299,9 +325,20 @@ class JobService:
         return [self.status(record.id) for record in self.store.list()]
 
     def scene(self, job_id: str) -> dict:
-        """The scene manifest of finished scene job ``job_id``."""
-        self.require_finished(job_id, SCENE_KINDS)
-        return read_manifest(self.store.folder(job_id))
+        """The scene manifest of scene job ``job_id``: the final one once it succeeded; before, and after it was
+        cancelled or failed, the partial one (``"partial": true``) once its layout is ready, with ``"stopped"``
+        (the state) for a job that will not go on."""
+        record = self.require_kind(job_id, SCENE_KINDS)
+        if record.state == SUCCEEDED:
+            return read_manifest(self.store.folder(job_id))
+        if not readiness(record.events)["layout_ready"]:
+            hint = ("it stopped before its layout was ready; submit it again" if record.done
+                    else "poll GET /v1/jobs/{id} until layout_ready is true")
+            raise StateError(f"job {job_id} is {record.state} and has no layout yet", hint, code="not_ready")
+        manifest = read_manifest(self.store.folder(job_id))
+        if record.done:
+            manifest["stopped"] = record.state
+        return manifest
 
     def segments(self, job_id: str) -> dict:
         """``segments.json`` of finished segment job ``job_id``."""
@@ -309,17 +346,23 @@ class JobService:
         return json.loads((self.store.folder(job_id) / SEGMENTS_JSON).read_text())
 
     def result_file(self, job_id: str, name: str) -> Path:
-        """The path of result file ``name`` of finished job ``job_id``, else :class:`NotFoundError`."""
-        self.require_finished(job_id)
+        """The path of result file ``name`` of job ``job_id``, else :class:`NotFoundError`. A running, cancelled or
+        failed job's files are served too: every result file is written atomically, so one that exists is
+        complete (the job's status says which are its own: ``layout_ready``, ``ready_labels``)."""
         return result_file(self.store.folder(job_id), job_id, name)
 
-    def require_finished(self, job_id: str, kinds: tuple[str, ...] | None = None) -> JobRecord:
-        """The record of a succeeded job (of one of ``kinds``, when given), else :class:`StateError`."""
+    def require_kind(self, job_id: str, kinds: tuple[str, ...] | None) -> JobRecord:
+        """The record of job ``job_id``, of one of ``kinds`` when given, else :class:`StateError`."""
         record = self.store.get(job_id)
         if kinds is not None and record.kind not in kinds:
             wanted = "a scene job" if kinds == SCENE_KINDS else f"a {' or '.join(kinds)} job"
             where = "GET /v1/jobs/{id}/segments" if record.kind == "segment" else "GET /v1/jobs/{id}/scene"
             raise StateError(f"job {job_id} is a {record.kind} job, not {wanted}", f"its results are at {where}")
+        return record
+
+    def require_finished(self, job_id: str, kinds: tuple[str, ...] | None = None) -> JobRecord:
+        """The record of a succeeded job (of one of ``kinds``, when given), else :class:`StateError`."""
+        record = self.require_kind(job_id, kinds)
         if record.state != SUCCEEDED:
             raise StateError(f"job {job_id} is {record.state}, not succeeded",
                              "poll GET /v1/jobs/{id} until its state is succeeded")
@@ -383,14 +426,14 @@ class JobService:
         self._running = job_id
         self._units[job_id] = units = self._job_units(record)  # the model's own default steps are known now
         key = self._cost_key(record.kind)
-        tracker = ProgressTracker(self.costs.predict(key or "", record.kind, units),
+        tracker = ProgressTracker(self.costs.predict(key or "", cost_kind(record.kind, record.params), units),
                                   lambda update: self._live.__setitem__(job_id, (update, time.monotonic())), cancel,
                                   self.settings.clock, time_limit_s=self.settings.job_timeout_s, predicted=True)
         try:
             if record.kind in SCENE_KINDS and self.model.pipeline is None:
                 raise UnavailableError(f"the model could not be loaded: {self.model.message}",
                                        "restart the server with a working --model")
-            self._execute(record, tracker)
+            self._execute(record, tracker, Publisher(self.store, job_id))
             self._conclude(job_id, SUCCEEDED)
         except Cancelled:
             self._conclude(job_id, CANCELLED)
@@ -399,7 +442,7 @@ class JobService:
         except Exception as exc:
             self._conclude(job_id, FAILED, self._unexpected(exc))
         finally:
-            self._after_job(job_id, key, record.kind, units, tracker)
+            self._after_job(job_id, key, cost_kind(record.kind, record.params), units, tracker)
 
     def _after_job(self, job_id: str, key: str | None, kind: str, units: dict, tracker: ProgressTracker) -> None:
         try:
@@ -423,17 +466,25 @@ class JobService:
         except (OSError, ISceneError):
             pass  # a read-only disk keeps them; the job is failed either way
 
-    def _execute(self, record: JobRecord, tracker: ProgressTracker) -> None:
+    def _execute(self, record: JobRecord, tracker: ProgressTracker, publisher: Publisher) -> None:
         check_stored_params(record.kind, record.params)
         folder = self.store.folder(record.id)
         inputs = self.store.input_bytes(record.id)
         pipeline = self.model.pipeline
         if record.kind == "generate":
-            run_generate(pipeline, folder, record.params, inputs, tracker)
+            run_generate(pipeline, folder, record.params, inputs, tracker, publisher=publisher)
         elif record.kind == "regenerate":
-            run_regenerate(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker)
+            run_regenerate(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker,
+                           publisher=publisher)
         elif record.kind == "refine":
-            run_refine(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker)
+            run_refine(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker,
+                       publisher=publisher)
+        elif record.kind == "build":
+            run_build(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker,
+                      publisher=publisher)
+        elif record.kind == "variants":
+            run_variants(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker,
+                         publisher=publisher)
         elif record.kind == "segment":
             run_segment(self._segmentation_model(), folder, record.params, inputs, tracker)
         else:

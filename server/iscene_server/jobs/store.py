@@ -27,13 +27,14 @@ from pathlib import Path
 
 from ..atomic import DATA_DIR_SETTING, storage_error, write_atomic
 from ..errors import NotFoundError, StorageError
+from .publishing import valid_events
 
 log = logging.getLogger("iscene.jobs")
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 STATES = (QUEUED, RUNNING, *FINISHED)
-KINDS = ("generate", "regenerate", "refine", "segment")
+KINDS = ("generate", "regenerate", "refine", "build", "variants", "segment")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 INPUT_NAMES = ("image", "labels")
 RECORD = "job.json"
@@ -44,7 +45,7 @@ PROBE_INTERVAL_S = 1.0  # at most one probe write a second while the disk cannot
 @dataclass
 class JobRecord:
     id: str
-    kind: str  # generate | regenerate | refine | segment
+    kind: str  # one of KINDS
     state: str = QUEUED
     created: float = field(default_factory=time.time)
     started: float | None = None
@@ -53,6 +54,7 @@ class JobRecord:
     params: dict = field(default_factory=dict)
     error: dict | None = None
     stopped_at: dict | None = None  # {stage, step, total}: the last progress of a job that failed or was cancelled
+    events: list[dict] = field(default_factory=list)  # what it published while running (jobs/publishing.py)
 
     @property
     def done(self) -> bool:
@@ -96,6 +98,7 @@ def validate_record(data, folder_name: str) -> JobRecord:
         "params": isinstance(data.get("params", {}), dict),
         "error": _is_error(data.get("error")),
         "stopped_at": _is_progress(data.get("stopped_at")),
+        "events": valid_events(data.get("events", [])),
     }
     bad = [name for name, ok in checks.items() if not ok]
     if bad:

@@ -15,6 +15,7 @@ Stage 2 then rebuilds the refined instances. Locked instances are left exactly a
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +32,12 @@ from ...geometry.voxels import occupancy_grid, transform_voxels, union
 from ..camera import Camera
 from ..cancel import cancellation_points
 from ..eta import relative_plan
-from ..pipeline import GenerationRequest, ScenePipeline, SceneResult
+from ..listener import ResultListener
+from ..pipeline import GenerationRequest, ScenePipeline, SceneResult, Stage1Result
 from ..preprocess import SceneInput, build_slots, scene_from_arrays
 from ..progress import ProgressTracker
-from ..results import STRUCTURE_NPZ
-from ..stage1 import InstanceStructure
+from ..results import STRUCTURE_NPZ, is_layout
+from ..stage1 import InstanceStructure, SceneStructure
 from ..timing import Timer
 
 REFINE_PLAN = relative_plan(("preprocess", "condition", "stage1", "decode", "stage2", "meshes"))
@@ -153,7 +155,7 @@ def plan_refine(parent: ParentScene, edit: RefineEdit, visible: set[int] | None,
 def check_refinable(parent: ParentScene, edit: RefineEdit) -> None:
     """What a refine job checks before any work, for submit time: the scene has a camera to re-render the edit
     from (when re-sampling) and the edit leaves something to refine (see :func:`plan_refine`)."""
-    resampling = edit.strength > 0
+    resampling = edit.strength > 0 and not is_layout(parent.manifest)  # a layout's refine only moves occupancies
     if resampling:
         parent.require_camera()
     plan_refine(parent, edit, visible=set(parent.labels) if resampling else None)
@@ -185,8 +187,30 @@ class Refiner:
     def __init__(self, pipeline: ScenePipeline):
         self.pipeline = pipeline
 
+    def layout(self, parent: ParentScene, original: SceneInput, edit: RefineEdit,
+               progress: ProgressTracker) -> tuple[Stage1Result, RefinePlan]:
+        """The refine of a layout (a scene without meshes): the moved occupancies become the new layout, as a
+        refine at strength 0 keeps them, with neither a re-rendered view nor stage 1; no meshes."""
+        timer = Timer()
+        check = progress.check_cancelled
+        progress.begin("preprocess")
+        plan = plan_refine(parent, dataclasses.replace(edit, strength=0.0), None, check)
+        slots = build_slots(original, self.pipeline.package.exp_setting, plan.changed, parent.frame, check)
+        timer.lap("preprocess")
+        progress.begin("condition")
+        structures = self._rebuilt(plan, edit, check)
+        timer.lap("condition")
+        structure = SceneStructure(parent.manifest["scene_seed"], None, [structures[label] for label in plan.changed])
+        return Stage1Result(slots, structure, parent.manifest["sampler"]["stage1"], timer.timings, None), plan
+
+    def _rebuilt(self, plan: RefinePlan, edit: RefineEdit, check: Callable[[], None]) -> dict[int, InstanceStructure]:
+        """The instances only moved (not re-sampled): their moved occupancy, encoded, with the refine's seed."""
+        return {label: InstanceStructure(label, edit.seed, self._encode([plan.coords[label]], check)[0],
+                                         plan.coords[label]) for label in plan.rebuild_only}
+
     def run(self, parent: ParentScene, original: SceneInput, edit: RefineEdit, request: GenerationRequest,
-            progress: ProgressTracker) -> tuple[SceneResult, RefinePlan]:
+            progress: ProgressTracker, listener: ResultListener | None = None) -> tuple[SceneResult, RefinePlan]:
+        """``listener`` hears the refined layout once stage 1 is done, then each instance as it becomes final."""
         timer = Timer()
         check = progress.check_cancelled
         progress.begin("preprocess")
@@ -202,13 +226,14 @@ class Refiner:
         timer.lap("condition")
 
         resampled = self._resample(plan, edited, edit, parent.frame, request, cond, progress, timer)
-        structures = dict(resampled.instances)
-        for label in plan.rebuild_only:
-            latent = self._encode([plan.coords[label]], check)[0]
-            structures[label] = InstanceStructure(label, edit.seed, latent, plan.coords[label])
+        structures = {**resampled.instances, **self._rebuilt(plan, edit, check)}
         instances = [structures[label] for label in plan.changed]
+        if listener is not None:
+            structure = SceneStructure(edit.seed, resampled.scene_latent, instances)
+            listener.layout(Stage1Result(original_slots, structure, resampled.settings or
+                                         parent.manifest["sampler"].get("stage1", {}), timer.timings, None), None)
         results, stage2, frame = self.pipeline.finish_instances(
-            instances, torch.stack([cond[label] for label in plan.changed]), request, progress, timer)
+            instances, torch.stack([cond[label] for label in plan.changed]), request, progress, timer, listener)
         progress.finish()
         settings = {"stage2": stage2, **({"stage1": resampled.settings} if resampled.settings else {})}
         return SceneResult(original_slots, edit.seed, resampled.scene_latent, results, settings, timer.timings,
