@@ -181,7 +181,7 @@ def _download(job: Job, client: Client, names: list[str], fetched: Fetched) -> d
     return files
 
 
-def _fetch_progress(job: Job, client: Client, events: queue.Queue, status: dict, fetched: Fetched) -> None:
+def fetch_progress(job: Job, client: Client, events: queue.Queue, status: dict, fetched: Fetched) -> None:
     """Post what became ready since the last poll: the layout (new scenes), then each finished object."""
     if job.kind not in PROGRESSIVE_KINDS or not status.get("layout_ready"):
         return
@@ -193,9 +193,10 @@ def _fetch_progress(job: Job, client: Client, events: queue.Queue, status: dict,
         job.folder.mkdir(parents=True, exist_ok=True)
         entries = [e for e in manifest["instances"] if e["label"] in ready and e.get("file")]
         if not fetched.layout and job.kind in NEW_SCENE_KINDS:
-            proxies = [e["proxy"] for e in manifest["instances"] if e.get("proxy") and e["label"] not in ready]
+            layout = as_of(manifest, ready)
+            proxies = [e["proxy"] for e in layout["instances"] if e.get("proxy") and not e.get("file")]
             files = _download(job, client, proxies + [e["file"] for e in entries], fetched)
-            _post(events, "layout", job, manifest=manifest, files=files)
+            _post(events, "layout", job, manifest=layout, files=files)
         else:
             files = _download(job, client, [e["file"] for e in entries if wanted(job, manifest, e)], fetched)
             if files:
@@ -208,12 +209,19 @@ def _fetch_progress(job: Job, client: Client, events: queue.Queue, status: dict,
     fetched.labels |= ready
 
 
+def as_of(manifest: dict, ready: set[int]) -> dict:
+    """``manifest`` as the status that listed ``ready`` saw it: an object that finished between that status and the
+    manifest shows its proxy until its own ``objects`` event brings its mesh (so the layout lands every object)."""
+    entries = [e if e["label"] in ready else {**e, "file": None} for e in manifest["instances"]]
+    return {**manifest, "instances": entries}
+
+
 def _stop(job: Job, client: Client, events: queue.Queue, fetched: Fetched) -> None:
     """Cancel on the server, take what it finished (a cancelled job keeps it), and say so."""
     with contextlib.suppress(ClientError):  # already finished or unreachable: nothing left to stop or take
         client.cancel(job.server_id)
         if fetched.layout:
-            _fetch_progress(job, client, events, client.status(job.server_id), fetched)
+            fetch_progress(job, client, events, client.status(job.server_id), fetched)
     _post(events, "cancelled", job)
 
 
@@ -246,7 +254,7 @@ def _wait(job: Job, client: Client, events: queue.Queue, poll_s: float, fetched:
               eta_s=status.get("eta_s"), queue_position=status.get("queue_position"))
         if status["state"] == "succeeded":
             return status
-        _fetch_progress(job, client, events, status, fetched)
+        fetch_progress(job, client, events, status, fetched)
         if status["state"] in ("failed", "cancelled"):
             error = status.get("error") or {}
             _post(events, "failed" if status["state"] == "failed" else "cancelled", job,

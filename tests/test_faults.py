@@ -17,14 +17,14 @@ import pytest
 from conftest import FAST
 from fastapi.testclient import TestClient
 from faults import FaultyDisk
+from in_process import FINAL
+from in_process import wait_until_final as wait
 from server_process import ServerProcess, multipart
 
 from iscene_server.api.app import create_app
 from iscene_server.engine.pipeline import ScenePipeline
 from iscene_server.jobs import service as service_module
 from iscene_server.jobs.service import JobService, ServiceSettings
-
-FINAL = ("succeeded", "failed", "cancelled")
 
 
 @pytest.fixture
@@ -35,16 +35,6 @@ def service(tiny_package, tmp_path):
     svc.start()
     yield svc
     svc.stop()
-
-
-def wait(svc: JobService, job_id: str, timeout: float = 120) -> dict:
-    deadline = time.monotonic() + timeout  # a deadline on the wait, not an assertion on how long anything took
-    while time.monotonic() < deadline:
-        status = svc.status(job_id)
-        if status["state"] in FINAL:
-            return status
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} stuck in {svc.status(job_id)['state']}")
 
 
 def on_disk(svc: JobService, job_id: str) -> dict:

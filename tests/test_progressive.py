@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import FAST
 from fastapi.testclient import TestClient
+from in_process import wait_until_final as wait
 
 from iscene_server.api.app import create_app
 from iscene_server.engine.results import SceneWriter
@@ -23,7 +24,6 @@ from iscene_server.geometry.glb_reader import read_glb, read_instance_mesh
 from iscene_server.jobs.publishing import Publisher
 from iscene_server.jobs.service import JobService, ServiceSettings
 
-FINAL = ("succeeded", "failed", "cancelled")
 LABELS = [1, 4]  # the small scene's objects
 SHIFT = [[1, 0, 0, 0.125], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]  # 8 cells along x
 
@@ -42,16 +42,6 @@ def service(tiny_package, tmp_path_factory):
 def client(service):
     with TestClient(create_app(service)) as client:
         yield client
-
-
-def wait(svc: JobService, job_id: str, timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout  # a deadline on the wait, not an assertion on how long anything took
-    while time.monotonic() < deadline:
-        status = svc.status(job_id)
-        if status["state"] in FINAL:
-            return status
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} stuck in {svc.status(job_id)['state']}")
 
 
 class Gate:

@@ -287,3 +287,37 @@ def test_the_panel_offers_layout_only_build_meshes_and_variants_where_they_work(
             ("operator", "iscene.variants", "")} <= drawn
     with pytest.raises(RuntimeError, match="Build Meshes first"):
         bpy.ops.iscene.variants(count=2)
+
+
+def test_an_object_finished_between_a_poll_and_its_manifest_lands_as_its_proxy_then_its_mesh(bpy, addon, inputs,
+                                                                                             server, scene_pngs,
+                                                                                             tmp_path):
+    """A poll's status can be older than the manifest fetched right after it: an object may have finished in
+    between (the status listed no finished object, the manifest already names its mesh). The layout still lands
+    every object, that one as its proxy, and the next poll's objects event brings its mesh in place."""
+    code, created = server.submit(scene_pngs[0].read_bytes(), scene_pngs[1].read_bytes(),
+                                  {"steps": 2, "slat_steps": 2, "detail": "low"})
+    assert code == 202
+    final = server.wait(created["job_id"])
+    assert final["state"] == "succeeded" and final["ready_labels"] == [1, 4]
+    job = addon.jobs.Job(kind="generate", title="race", scene=bpy.context.scene.name, folder=tmp_path / "race",
+                         state="running", server_id=created["job_id"])
+    runtime = addon.pump.RUNTIME
+    runtime.jobs[job.key] = job
+    client, fetched = addon.preferences.client(), addon.jobs.Fetched()
+
+    addon.jobs.fetch_progress(job, client, runtime.events, {"layout_ready": True, "ready_labels": []}, fetched)
+    addon.pump.pump_once()
+    root = scene_root(bpy, addon, job)
+    objects = scene_objects(addon, root)
+    assert sorted(objects) == [1, 4], "every object of the layout lands, finished or not"
+    assert all(addon.provenance.is_proxy(obj) for (obj,) in objects.values())
+
+    addon.jobs.fetch_progress(job, client, runtime.events, final, fetched)
+    addon.pump.pump_once()
+    manifest = server.get(f"/v1/jobs/{job.server_id}/scene")
+    for entry in manifest["instances"]:
+        (obj,) = scene_objects(addon, root)[entry["label"]]
+        assert obj == objects[entry["label"]][0], "the same object: its proxy was replaced in place"
+        assert not addon.provenance.is_proxy(obj)
+        assert obj["iscene_mesh_sha256"] == sha256(job.folder / entry["file"])
