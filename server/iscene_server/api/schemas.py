@@ -150,10 +150,14 @@ class JobStatus(BaseModel):
     error: ErrorBody | None
     params: dict
     layout_ready: bool = Field(False, description="the layout (partial manifest, proxies, camera) is served")
-    ready_labels: list[int] = Field([], description="labels whose final files this job made are downloadable")
-    ready_variants: list[int] = Field([], description="variants jobs: candidate indices whose files are downloadable")
-    events: list[dict] = Field([], description="what the job published, in order: {seq, event (layout | instance | "
-                               "variant), label (instance, variant), index (variant), t (seconds since it started)}")
+    ready_labels: list[int] = Field(default_factory=list,
+                                    description="labels whose final files this job made are downloadable")
+    ready_variants: list[int] = Field(default_factory=list,
+                                      description="variants jobs: candidate indices whose files are downloadable")
+    events: list[dict] = Field(default_factory=list,
+                               description="what the job published, in order: {seq, event (layout | instance | "
+                                           "variant), label (instance, variant), index (variant), t (seconds since "
+                                           "it started)}")
 
 
 class JobList(BaseModel):
