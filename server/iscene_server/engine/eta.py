@@ -29,7 +29,6 @@ log = logging.getLogger("iscene.eta")
 FORMAT = "iscene-stage-costs/1"
 COSTS_FILE = "stage_costs.json"
 SCENE_STAGES = ("preprocess", "condition", "stage1", "decode", "camera", "stage2", "meshes", "export")
-SCENE_KINDS = ("generate", "regenerate", "refine", "build", "variants")
 FALLBACK_KIND = "generate"  # a kind without history of its own starts from these costs
 LEARNING_RATE = 0.5  # weight of the newest job in the running mean: the last 2-3 jobs dominate
 DEFAULT_STEPS = 25  # the released samplers' steps, when a job does not say
