@@ -52,6 +52,8 @@ log = logging.getLogger("iscene.jobs")
 
 # jobs that need the I-Scene model and make a scene
 SCENE_KINDS = ("generate", "regenerate", "refine", "build", "variants")
+# Scene jobs derived from a finished parent job: how each runs (they all take the parent's folder)
+CHILD_RUNNERS = {"regenerate": run_regenerate, "refine": run_refine, "build": run_build, "variants": run_variants}
 # Jobs that take seconds while an artist waits: they run before every queued scene job (FIFO among themselves),
 # and need neither the I-Scene model nor its loading to have finished.
 PRIORITY_KINDS = ("segment",)
@@ -473,18 +475,9 @@ class JobService:
         pipeline = self.model.pipeline
         if record.kind == "generate":
             run_generate(pipeline, folder, record.params, inputs, tracker, publisher=publisher)
-        elif record.kind == "regenerate":
-            run_regenerate(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker,
-                           publisher=publisher)
-        elif record.kind == "refine":
-            run_refine(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker,
-                       publisher=publisher)
-        elif record.kind == "build":
-            run_build(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker,
-                      publisher=publisher)
-        elif record.kind == "variants":
-            run_variants(pipeline, folder, self.store.folder(record.parent), record.params, inputs, tracker,
-                         publisher=publisher)
+        elif record.kind in CHILD_RUNNERS:
+            CHILD_RUNNERS[record.kind](pipeline, folder, self.store.folder(record.parent), record.params, inputs,
+                                       tracker, publisher=publisher)
         elif record.kind == "segment":
             run_segment(self._segmentation_model(), folder, record.params, inputs, tracker)
         else:
