@@ -43,7 +43,7 @@ def main(paths: list[str]) -> None:
     files = [Path(p).read_bytes() for p in paths]
     faces = 0
     for data in files:
-        mesh, _, _, _ = importer.build_mesh("probe", data, 1.0)
+        mesh, *_ = importer.build_mesh("probe", data, 1.0)
         faces += len(mesh.polygons)
     direct = timed(lambda: [importer.build_mesh(f"m{i}", data, 1.0) for i, data in enumerate(files)])
     with tempfile.TemporaryDirectory():

@@ -201,8 +201,11 @@ class Client:
         payload = {"labels": labels, **({"seeds": {str(k): v for k, v in seeds.items()}} if seeds else {})}
         return self._post_json(f"{API}/jobs/{quote(job_id)}/regenerate", payload)
 
-    def refine(self, job_id: str, transforms: dict[int, list], locked: list[int], strength: float) -> dict:
-        payload = {"transforms": {str(k): v for k, v in transforms.items()}, "locked": locked, "strength": strength}
+    def refine(self, job_id: str, transforms: dict[int, list], locked: list[int], strength: float,
+               context: list[dict] | None = None) -> dict:
+        """``context``: the artist's meshes kept as fixed parts of the scene, ``{"name", "transform", "glb"}``."""
+        payload = {"transforms": {str(k): v for k, v in transforms.items()}, "locked": locked, "strength": strength,
+                   **({"context": context} if context else {})}
         return self._post_json(f"{API}/jobs/{quote(job_id)}/refine", payload)
 
     def build(self, job_id: str) -> dict:

@@ -1,10 +1,11 @@
 """Reading the server's instance GLBs into arrays (stdlib + numpy): positions in the scene frame S (z up),
-triangles, linear vertex colours and the node extras.
+triangles, linear vertex colours, the UVs and base-colour PNG of a baked mesh, and the node extras.
 
 A deliberate copy (the add-on imports nothing from the server) of the server's GLB reader,
 ``iscene_server/geometry/glb_reader.py`` (``read_glb``, ``read_instance_mesh``), and of its axis convention
 ``S_TO_GLTF`` in ``iscene_server/geometry/gltf.py``; unlike the original it also reads the normalised integer
-colours other glTF writers use, and returns linear colours. ``tests/test_addon_copies.py`` checks
+colours other glTF writers use, returns linear colours (white where a baked mesh has no ``COLOR_0``: the
+texture colours it) and the texture as its PNG bytes, for Blender to decode. ``tests/test_addon_copies.py`` checks
 that both read the same arrays from the same bytes and refuse the same broken files.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 
 _MAGIC, _JSON, _BIN = 0x46546C67, 0x4E4F534A, 0x004E4942
 _DTYPES = {5126: "<f4", 5125: "<u4", 5123: "<u2", 5121: "u1"}
-_WIDTHS = {"SCALAR": 1, "VEC3": 3, "VEC4": 4}
+_WIDTHS = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
 
 # p_S = GLTF_TO_S @ p_glTF: glTF is y up, S is z up, so (x, y, z)_glTF -> (x, -z, y)_S; the inverse (and
 # transpose) of the server's S_TO_GLTF.
@@ -31,6 +32,8 @@ class MeshArrays:
     faces: np.ndarray  # int32 [F, 3]
     colors: np.ndarray  # float32 [V, 4] linear RGBA
     extras: dict
+    uvs: np.ndarray | None = None  # float32 [V, 2] glTF UVs (v down), with ``texture``
+    texture: bytes | None = None  # the base-colour texture's PNG file, if the mesh is baked
 
 
 def read_glb(data: bytes) -> tuple[dict, bytes]:
@@ -81,4 +84,21 @@ def read_mesh(data: bytes) -> MeshArrays:
     else:
         colors = np.ones((len(vertices), 4), np.float32)
     extras = (document.get("nodes") or [{}])[0].get("extras", {})
-    return MeshArrays(vertices, faces, colors, extras)
+    texture = _base_colour_png(document, binary, primitive.get("material"))
+    uvs = None
+    if texture is not None:
+        uvs = _accessor(document, binary, primitive["attributes"]["TEXCOORD_0"]).astype(np.float32)  # [V, 2]
+    return MeshArrays(vertices, faces, colors, extras, uvs, texture)
+
+
+def _base_colour_png(document: dict, binary: bytes, material: int | None) -> bytes | None:
+    """The PNG bytes of material ``material``'s base-colour texture (None without one)."""
+    if material is None:
+        return None
+    reference = document["materials"][material].get("pbrMetallicRoughness", {}).get("baseColorTexture")
+    if reference is None:
+        return None
+    image = document["images"][document["textures"][reference["index"]]["source"]]
+    view = document["bufferViews"][image["bufferView"]]
+    start = view.get("byteOffset", 0)
+    return bytes(binary[start:start + view["byteLength"]])

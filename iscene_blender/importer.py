@@ -2,8 +2,9 @@
 
 A job becomes a collection holding a root empty (unscaled, at the 3D cursor: the scene's floor on the cursor,
 its width the Room Width; see :mod:`.frames`), one mesh object per instance in metres (named
-``<image>_<label name or id>``, origin at the bottom centre of its box, vertex colours, a material and object
-colour from the mean vertex colour so Solid shading shows the scene in colour, provenance in custom
+``<image>_<label name or id>``, origin at the bottom centre of its box, vertex colours, a material (Base Color
+from the baked texture, a packed image read through the UV map, or from the vertex colours of an untextured
+mesh) and object colour from the mean vertex colour so Solid shading shows the scene in colour, provenance in custom
 properties, see :mod:`.provenance`) and a camera that sees the scene as the model saw the image, with the image
 behind it. Meshes are built directly from the GLB arrays with ``foreach_set`` (faster than the glTF importer and
 free of its side effects on selection and collections; see bench/RESULTS.md). Regenerate and refine swap the
@@ -33,6 +34,8 @@ from .provenance import CAMERA, CANDIDATE_INDEX, CANDIDATE_OF, CANDIDATE_SEED, J
 MATERIAL = "I-Scene Vertex Colour"
 COLOUR_MATERIAL = "iscene_colour_material"  # on the materials this add-on made (their viewport colour is ours)
 COLOR_ATTRIBUTE = "Color"
+UV_MAP = "UVMap"
+COLOUR_NODES = ("ShaderNodeVertexColor", "ShaderNodeTexImage", "ShaderNodeUVMap")  # what _paint puts in a material
 SEED = "iscene_seed"  # the seed field (registered on Object by props.py): Regenerate uses it
 MESH_SEED = "iscene_mesh_seed"  # the seed that made the current mesh
 MESH_SHA = "iscene_mesh_sha256"  # the digest of the GLB that made the current mesh
@@ -42,26 +45,62 @@ CANDIDATE_GAP = 1.1  # candidates stand this many of the original's widths apart
 FIT = "iscene_fit_width"  # on a root sized from its layout: the Room Width to fit its meshes to once they are in
 
 
-def colour_material(name: str, colour) -> bpy.types.Material:
-    """A vertex-colour material (Base Color from the colour attribute) whose viewport colour is ``colour``."""
+def colour_material(name: str, colour, image=None) -> bpy.types.Material:
+    """This add-on's material: Base Color from ``image`` (a baked texture) or else the colour attribute, viewport
+    colour ``colour``."""
     material = bpy.data.materials.new(name)
     material[COLOUR_MATERIAL] = True
     material.use_nodes = True
-    nodes, links = material.node_tree.nodes, material.node_tree.links
-    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
-    attribute = nodes.new("ShaderNodeVertexColor")
-    attribute.layer_name = COLOR_ATTRIBUTE
-    attribute.location = (bsdf.location.x - 300, bsdf.location.y)
-    links.new(attribute.outputs["Color"], bsdf.inputs["Base Color"])
+    bsdf = next(n for n in material.node_tree.nodes if n.type == "BSDF_PRINCIPLED")
     bsdf.inputs["Roughness"].default_value = 1.0
-    material.diffuse_color = colour
     material.roughness = 1.0
+    _paint(material, colour, image)
     return material
 
 
-def build_mesh(name: str, data: bytes, scale: float, origin=None) -> tuple[bpy.types.Mesh, Matrix, tuple, dict]:
+def _paint(material: bpy.types.Material, colour, image) -> None:
+    """Feed the Base Color of this add-on's ``material`` from ``image`` through the UV map, or (None) from the
+    colour attribute, replacing what fed it before; the viewport colour becomes ``colour``."""
+    nodes, links = material.node_tree.nodes, material.node_tree.links
+    for node in [n for n in nodes if n.bl_idname in COLOUR_NODES]:
+        nodes.remove(node)
+    bsdf = next(n for n in nodes if n.type == "BSDF_PRINCIPLED")
+    x, y = bsdf.location.x, bsdf.location.y
+    if image is None:
+        attribute = nodes.new("ShaderNodeVertexColor")
+        attribute.layer_name = COLOR_ATTRIBUTE
+        attribute.location = (x - 300, y)
+        links.new(attribute.outputs["Color"], bsdf.inputs["Base Color"])
+    else:
+        texture = nodes.new("ShaderNodeTexImage")
+        texture.image = image
+        texture.location = (x - 320, y)
+        uv = nodes.new("ShaderNodeUVMap")
+        uv.uv_map = UV_MAP
+        uv.location = (x - 520, y)
+        links.new(uv.outputs["UV"], texture.inputs["Vector"])
+        links.new(texture.outputs["Color"], bsdf.inputs["Base Color"])
+        nodes.active = texture  # what Solid view's Texture colour shows
+    material.diffuse_color = colour
+
+
+def texture_image(name: str, png: bytes) -> bpy.types.Image:
+    """A packed sRGB image of the PNG file ``png`` (saved inside the .blend, no file on disk)."""
+    image = bpy.data.images.new(f"{name}_texture", 1, 1)
+    image.pack(data=png, data_len=len(png))
+    image.source = "FILE"
+    image.colorspace_settings.name = "sRGB"
+    return image
+
+
+def _material_images(material) -> list:
+    return [n.image for n in material.node_tree.nodes if n.bl_idname == "ShaderNodeTexImage" and n.image]
+
+
+def build_mesh(name: str, data: bytes, scale: float, origin=None) -> tuple[bpy.types.Mesh, Matrix, tuple, dict, object]:
     """A mesh in metres about its origin (``origin`` in S, default the bottom centre of its box), its generated
-    matrix in S, its mean vertex colour (linear RGBA) and the GLB's extras."""
+    matrix in S, its mean vertex colour (linear RGBA), the GLB's extras and its baked texture as a packed image
+    (None for an untextured mesh; a baked mesh gets the UV map :data:`UV_MAP`)."""
     arrays = read_mesh(data)
     lo, hi = arrays.vertices.min(0), arrays.vertices.max(0)
     if origin is None:
@@ -81,8 +120,14 @@ def build_mesh(name: str, data: bytes, scale: float, origin=None) -> tuple[bpy.t
     colors = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
     colors.data.foreach_set("color", arrays.colors.ravel())
     mesh.color_attributes.active_color = colors
+    image = None
+    if arrays.texture is not None:
+        loop_uvs = arrays.uvs[arrays.faces.ravel()]  # [L, 2] glTF UVs, v down
+        layer = mesh.uv_layers.new(name=UV_MAP)
+        layer.data.foreach_set("uv", np.stack([loop_uvs[:, 0], 1.0 - loop_uvs[:, 1]], axis=1).ravel())  # v up
+        image = texture_image(name, arrays.texture)
     mean = tuple(float(v) for v in arrays.colors[:, :3].mean(0)) + (1.0,) if len(arrays.colors) else (1, 1, 1, 1)
-    return mesh, frames.translation(origin), mean, arrays.extras
+    return mesh, frames.translation(origin), mean, arrays.extras, image
 
 
 def entry_data(entry: dict, files: dict[str, bytes]) -> tuple[bytes, bool] | None:
@@ -207,8 +252,8 @@ def import_scene(scene: bpy.types.Scene, job_id: str, title: str, manifest: dict
         if shown is None:
             continue
         name = f"{title}_{names.get(int(entry['label'])) or entry['label']}"
-        mesh, generated, colour, _ = entry_mesh(name, entry, *shown, scale)
-        mesh.materials.append(colour_material(name, colour))
+        mesh, generated, colour, _, texture = entry_mesh(name, entry, *shown, scale)
+        mesh.materials.append(colour_material(name, colour, texture))
         obj = bpy.data.objects.new(name, mesh)
         obj.color = colour
         collection.objects.link(obj)
@@ -239,17 +284,25 @@ def _select(scene, objects) -> None:
         view_layer.objects.active = objects[0]
 
 
-def _swap_mesh(obj, mesh: bpy.types.Mesh, colour) -> None:
-    """Give ``obj`` the new mesh with the old one's materials; this add-on's materials take the new colour."""
+def _swap_mesh(obj, mesh: bpy.types.Mesh, colour, image=None) -> None:
+    """Give ``obj`` the new mesh with the old one's materials; this add-on's materials take the new colour and
+    texture (``image``, None for an untextured mesh); the artist's materials stay as they are."""
     old = obj.data
     for material in old.materials:
         mesh.materials.append(material)
     obj.data = mesh
     if old.users == 0:
         bpy.data.meshes.remove(old)
-    for slot in obj.material_slots:
-        if slot.material is not None and slot.material.get(COLOUR_MATERIAL) and slot.material.users == 1:
-            slot.material.diffuse_color = colour
+    shown = [*mesh.materials, *(slot.material for slot in obj.material_slots)]  # the mesh's, and the object's
+    for material in dict.fromkeys(m for m in shown if m is not None):  # each once, in order
+        if material.get(COLOUR_MATERIAL) and material.users == 1:
+            replaced = _material_images(material)
+            _paint(material, colour, image)
+            for stale in replaced:
+                if stale.users == 0:
+                    bpy.data.images.remove(stale)
+    if image is not None and image.users == 0:  # no material of this add-on shows it: the artist's override
+        bpy.data.images.remove(image)
     obj.color = colour
 
 
@@ -266,8 +319,8 @@ def replace_meshes(root, job_id: str, manifest: dict, files: dict[str, bytes], t
             continue
         for obj in targets.get(int(entry["label"]), []):
             edit = frames.edit_in_scene(root, obj) if keep_edits else Matrix.Identity(4)
-            mesh, generated, colour, _ = entry_mesh(obj.name, entry, *shown, scale)
-            _swap_mesh(obj, mesh, colour)
+            mesh, generated, colour, _, texture = entry_mesh(obj.name, entry, *shown, scale)
+            _swap_mesh(obj, mesh, colour, texture)
             obj.matrix_world = frames.placed(root, edit, generated)
             _provenance(obj, root, job_id, entry, manifest, shown[0], generated, proxy=shown[1])
             updated.append(obj)
@@ -295,8 +348,8 @@ def place_candidates(original, root, job_id: str, manifest: dict, files: dict[st
             continue
         index, data = int(candidate["index"]), files[candidate["file"]]
         name = f"{original.name} v{index}"
-        mesh, generated, colour, _ = build_mesh(name, data, scale)
-        mesh.materials.append(colour_material(name, colour))
+        mesh, generated, colour, _, texture = build_mesh(name, data, scale)
+        mesh.materials.append(colour_material(name, colour, texture))
         obj = bpy.data.objects.new(name, mesh)
         obj.color = colour
         for collection in original.users_collection:
@@ -319,12 +372,13 @@ def keep_candidate(candidate) -> bpy.types.Object:
     edit = frames.edit_in_scene(root, original)
     mesh = candidate.data
     made = [m for m in mesh.materials if m is not None and m.get(COLOUR_MATERIAL)]
+    texture = next((image for m in made for image in _material_images(m)), None)  # the candidate's baked texture
     mesh.materials.clear()  # the original's materials (and the artist's) come with the swap
     for material in made:
         if material.users == 0:
             bpy.data.materials.remove(material)
     mesh.name = original.name
-    _swap_mesh(original, mesh, tuple(candidate.color))
+    _swap_mesh(original, mesh, tuple(candidate.color), texture)
     generated = frames.generated(candidate)
     original.matrix_world = frames.placed(root, edit, generated)
     frames.store_generated(original, generated)
@@ -348,7 +402,11 @@ def discard_candidates(object_id: str) -> int:
             bpy.data.meshes.remove(mesh)
         for material in materials:
             if material.users == 0:
+                images = _material_images(material)
                 bpy.data.materials.remove(material)
+                for image in images:
+                    if image.users == 0:
+                        bpy.data.images.remove(image)
     return len(found)
 
 

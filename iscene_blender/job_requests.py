@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import bpy
 from mathutils import Vector
 
-from . import frames, masks, prompts, provenance, wording
+from . import context_objects, frames, masks, prompts, provenance, wording
 from .image_files import image_bytes
 from .importer import MESH_SEED, SEED
 from .props import label_names, label_stats
@@ -76,7 +76,10 @@ def regenerate_requests(root, objects) -> list[Request]:
 
 
 def refine_request(context, root, selected_only: bool, strength: float) -> Request:
-    """The artist's edits of the scene's objects in its frame, and the labels to keep as they are."""
+    """The artist's edits of the scene's objects in its frame, the labels to keep as they are, and the artist's
+    own meshes to keep as context (:mod:`.context_objects`; raises ``ValueError`` with the fix when one is over
+    a limit, before any object is touched)."""
+    own_meshes = context_objects.context_payload(context, root)
     selected = {o.name for o in context.selected_objects}
     transforms, locked, targets = {}, [], {}
     for obj in provenance.instances(root):
@@ -91,7 +94,8 @@ def refine_request(context, root, selected_only: bool, strength: float) -> Reque
         if not frames.is_identity(edit):
             transforms[label] = frames.to_rows(edit)
     deleted = [label for label in root.get("iscene_labels", []) if label not in targets]
-    params = {"transforms": transforms, "locked": sorted(set(locked) | set(deleted)), "strength": strength}
+    params = {"transforms": transforms, "locked": sorted(set(locked) | set(deleted)), "strength": strength,
+              **({"context": own_meshes} if own_meshes else {})}
     title = wording.job_title("refine", root.name, len(transforms))
     return Request("refine", title, params, parent=root[provenance.JOB], root=root[provenance.SCENE],
                    targets=targets)

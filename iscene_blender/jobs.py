@@ -153,7 +153,8 @@ def _submit(job: Job, client: Client) -> dict:
     if job.kind == "regenerate":
         return client.regenerate(job.parent, job.params["labels"], job.params.get("seeds"))
     if job.kind == "refine":
-        return client.refine(job.parent, job.params["transforms"], job.params["locked"], job.params["strength"])
+        return client.refine(job.parent, job.params["transforms"], job.params["locked"], job.params["strength"],
+                             job.params.get("context"))
     if job.kind == "build":
         return client.build(job.parent)
     if job.kind == "variants":

@@ -65,7 +65,8 @@ class ISCENE_OT_regenerate(Gated, bpy.types.Operator):
 
 
 class ISCENE_OT_refine(Gated, bpy.types.Operator):
-    """Re-generate the scene coherently with your edits (locked objects stay exactly as they are)"""
+    """Re-generate the scene coherently with your edits (locked objects stay exactly as they are; visible meshes
+    with Use as Context on are kept as fixed parts of the scene)"""
 
     bl_idname = "iscene.refine"
     bl_label = "Refine"
@@ -78,7 +79,15 @@ class ISCENE_OT_refine(Gated, bpy.types.Operator):
     def execute(self, context):
         root, _ = provenance.selected_scene(context)
         settings = context.scene.iscene
-        start_job(context, job_requests.refine_request(context, root, settings.refine_selected, settings.strength))
+        try:
+            request = job_requests.refine_request(context, root, settings.refine_selected, settings.strength)
+        except ValueError as err:  # a context object over a limit: nothing is sent
+            self.report({"ERROR"}, f"I-Scene: {err}")
+            return {"CANCELLED"}
+        start_job(context, request)
+        own_meshes = request.params.get("context")
+        if own_meshes:
+            self.report({"INFO"}, f"I-Scene: refining around {', '.join(entry['name'] for entry in own_meshes)}")
         return {"FINISHED"}
 
 

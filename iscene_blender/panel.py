@@ -8,7 +8,7 @@ import time
 
 import bpy
 
-from . import history, provenance, wording
+from . import context_objects, history, provenance, wording
 from .client import is_loopback, normalise_url
 from .preferences import client, network_problem, preferences
 from .props import label_stats
@@ -196,12 +196,27 @@ def draw_edit(context, layout, settings) -> None:
     col = box.column(align=True)
     col.prop(settings, "strength")
     col.prop(settings, "refine_selected")
+    own_meshes = context_objects.context_objects(context, root)
+    if own_meshes:
+        col.label(text=context_objects.context_line(own_meshes), icon="MESH_CUBE")
     col.operator("iscene.refine", icon="MOD_SMOOTH")
     box.operator("iscene.set_size", icon="FULLSCREEN_ENTER")
     camera = context.scene.camera
     if camera is not None and camera.get(provenance.SCENE) == root[provenance.SCENE]:
         render = context.scene.render
         box.label(text=f"Scene camera: {camera.name}, {render.resolution_x}×{render.resolution_y}", icon="CAMERA_DATA")
+
+
+def draw_active_object(context, layout) -> None:
+    """Use as Context for the active mesh when it is the artist's own (not a generated object or candidate)."""
+    obj = context.active_object
+    if obj is None or obj.type != "MESH" or provenance.is_instance(obj) or provenance.is_candidate(obj):
+        return
+    box = layout.box()
+    box.label(text=f"Active Object: {obj.name}", icon="OBJECT_DATA")
+    box.prop(obj, "iscene_context")
+    if obj.iscene_context and not obj.visible_get(view_layer=context.view_layer):
+        box.label(text="Hidden: Refine sends it only while visible", icon="HIDE_ON")
 
 
 class SidebarPanel:
@@ -219,6 +234,7 @@ class VIEW3D_PT_iscene(SidebarPanel, bpy.types.Panel):
         settings = context.scene.iscene
         draw_health(context, self.layout)
         draw_inputs(context, self.layout, settings)
+        draw_active_object(context, self.layout)
         draw_edit(context, self.layout, settings)
         draw_jobs(context, self.layout)
 

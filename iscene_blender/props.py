@@ -1,5 +1,5 @@
-"""Per-scene settings and the job history (saved with the .blend), the per-object lock and seed, and the
-label-map statistics the panels show (computed off the draw path, see :mod:`.pixels`). The token is never
+"""Per-scene settings and the job history (saved with the .blend), the per-object lock, seed and Use as Context, and
+the label-map statistics the panels show (computed off the draw path, see :mod:`.pixels`). The token is never
 here: it lives in the add-on preferences."""
 
 from __future__ import annotations
@@ -153,6 +153,10 @@ def register():
     bpy.types.Object.iscene_seed = IntProperty(name="Seed", default=0, min=0, max=SEED_LIMIT - 1,
                                                description="This object's seed: Regenerate uses it if you changed "
                                                            "it, else a new random one (Randomize picks one)")
+    bpy.types.Object.iscene_context = BoolProperty(
+        name="Use as Context", default=False,
+        description="Refine keeps this mesh as a fixed part of the scene: the generated objects are arranged around "
+                    "it (it is never changed). Sent only while it is visible in the viewport")
 
 
 def unregister():
@@ -160,6 +164,7 @@ def unregister():
         bpy.app.timers.unregister(refresh_label_stats)
     if _forget_counts in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(_forget_counts)
+    del bpy.types.Object.iscene_context
     del bpy.types.Object.iscene_seed
     del bpy.types.Object.iscene_locked
     del bpy.types.Scene.iscene

@@ -2,13 +2,15 @@
 
 The Blender add-on imports nothing from the server (it ships alone as an extension), so a few server rules live
 in it twice: the GLB reader and its axis convention, the sRGB encoding, the label-map id rules, the loopback
-check; and its own PNG encoder and segment prompts feed the server's decoders. Each pair is run here on the same
-inputs. The add-on's pure modules are loaded from their files, without ``bpy`` (``import iscene_blender`` needs
-it, and this process must not import it: tests/blender isolates its ``bpy``).
+check, the context-object limits; and its own PNG encoder, segment prompts and context GLBs feed the server's
+decoders. Each pair is run here on the same inputs. The add-on's pure modules are loaded from their files,
+without ``bpy`` (``import iscene_blender`` needs it, and this process must not import it: tests/blender isolates
+its ``bpy``).
 """
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import io
 import socket
@@ -25,10 +27,12 @@ from PIL import Image
 from iscene_server.api.security import is_loopback
 from iscene_server.engine import seeds
 from iscene_server.engine.preprocess.images import decode_label_map, open_image, to_rgb
+from iscene_server.engine.refine import context as refine_context
 from iscene_server.geometry.colour import linear_to_srgb
 from iscene_server.geometry.glb_reader import read_glb, read_instance_mesh
 from iscene_server.geometry.glb_writer import ExportInstance, glb_bytes, merge_glb
 from iscene_server.geometry.gltf import S_TO_GLTF
+from iscene_server.geometry.gltf_scene import NEUTRAL_GREY, GltfError, read_scene_mesh
 from iscene_server.geometry.postprocess import ColoredMesh
 from iscene_server.segment.prompts import SegmentPrompts, parse_prompts
 
@@ -46,7 +50,7 @@ def addon_module(name: str) -> types.ModuleType:
     return sys.modules[qualified]
 
 
-PURE_MODULES = ("client", "glb", "png", "pixels", "prompts", "seeds")
+PURE_MODULES = ("client", "glb", "glb_write", "png", "pixels", "prompts", "seeds")
 
 
 def test_the_pure_modules_load_without_bpy():
@@ -241,3 +245,49 @@ def test_the_seed_facts_agree():
     assert (addon.DEFAULT_SEED, addon.SEED_LIMIT) == (seeds.DEFAULT_SEED, seeds.SEED_LIMIT)
     drawn = [addon.random_seed() for _ in range(2000)]
     assert all(0 <= seed < seeds.SEED_LIMIT for seed in drawn) and max(drawn) > seeds.SEED_LIMIT // 2
+
+
+# --- context objects (iscene_server/engine/refine/context.py, geometry/gltf_scene.py) --------------------------
+
+def addon_constants(name: str) -> dict:
+    """The module-level UPPER_CASE constants of ``iscene_blender/<name>.py``, evaluated from its source (the
+    module itself needs ``bpy``)."""
+    tree = ast.parse((ADDON / f"{name}.py").read_text(encoding="utf-8"))
+    constants: dict = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id.isupper() for t in node.targets):
+            exec(compile(ast.Module([node], []), name, "exec"), {}, constants)
+    return constants
+
+
+def test_the_context_limits_agree():
+    addon = addon_constants("context_objects")
+    for name in ("MAX_CONTEXT_OBJECTS", "MAX_CONTEXT_FACES", "MAX_CONTEXT_GLB_MB", "CONTEXT_REACH"):
+        assert addon[name] == getattr(refine_context, name), name
+    assert addon["NEUTRAL_GREY"] == NEUTRAL_GREY
+    assert np.allclose(linear_to_srgb(np.array(addon["GREY"][:3])), NEUTRAL_GREY, atol=1e-6), "the same grey"
+
+
+def context_mesh(rng: np.random.Generator, vertices: int, faces: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(z-up local vertices [V, 3], faces [F, 3] using every vertex, linear RGBA [V, 4]) as the add-on sends."""
+    corners = np.concatenate([np.arange(vertices), rng.integers(0, vertices, faces * 3 - vertices)])
+    return (rng.uniform(-0.3, 0.3, (vertices, 3)).astype(np.float32), rng.permutation(corners).reshape(faces, 3),
+            rng.uniform(0, 1, (vertices, 4)).astype(np.float32))
+
+
+def test_the_server_reads_the_addons_context_glb_in_the_objects_frame():
+    glb, writer = addon_module("glb"), addon_module("glb_write")
+    vertices, faces, colors = context_mesh(np.random.default_rng(16), 40, 70)
+    data = writer.glb_bytes(vertices @ glb.GLTF_TO_S, faces, colors, "table")  # z up -> glTF y up, as sent
+    assert len(data) % 4 == 0 and read_glb(data)[0]["nodes"][0]["name"] == "table"
+    mesh = read_scene_mesh(data, len(faces))
+    assert mesh.face_count == len(faces)
+    corners = mesh.vertices[mesh.faces]  # [F, 3, 3]
+    assert np.allclose(corners, vertices[faces], atol=1e-6), "the server undoes the y-up the add-on wrote"
+    assert np.allclose(mesh.colors[mesh.faces], linear_to_srgb(colors[faces][..., :3]), atol=1e-5), "sRGB"
+    with pytest.raises(GltfError):
+        read_scene_mesh(data, len(faces) - 1)
+
+    plain = read_scene_mesh(writer.glb_bytes(vertices @ glb.GLTF_TO_S, faces, None), len(faces))
+    assert np.allclose(plain.colors, NEUTRAL_GREY), "no material anywhere: the server's grey"
+    assert np.allclose(glb.read_mesh(data).vertices, vertices, atol=1e-7), "the add-on's reader agrees"

@@ -152,7 +152,7 @@ def test_the_final_manifest_is_what_it_was_plus_the_layout_fields(server, finish
     assert manifest["files"] == {"scene": "scene.glb", "structure": "structure.npz"}
     for entry in manifest["instances"]:
         assert set(entry) == {"label", "seed", "voxels", "bbox", "origin", "proxy", "file", "vertices", "faces",
-                              "extracted_faces"}
+                              "extracted_faces", "texture"}
         code, _, data = server.request("GET", f"/v1/jobs/{finished_job}/files/{entry['proxy']}")
         assert code == 200 and 0 < len(read_instance_mesh(data).faces) <= 3000
 

@@ -201,9 +201,11 @@ def test_a_candidate_is_the_regeneration_with_its_seed(server, undecimated_paren
     one = file_of(server, regenerated, f"instance_{LABEL}.glb")
     candidate = file_of(server, job_id, f"instance_{LABEL}_v2.glb")
     a, b = read_instance_mesh(one), read_instance_mesh(candidate)
-    assert np.array_equal(a.faces, b.faces)
-    assert np.abs(a.vertices - b.vertices).max() <= 1e-5
-    assert np.abs(a.colors - b.colors).max() <= 1e-5
+    # per triangle corner: the UV atlas (and so the vertex split at its seams) may differ with 1e-6 changes of
+    # the vertices, the triangles and their colours may not
+    assert a.face_count == b.face_count
+    assert np.abs(a.vertices[a.faces] - b.vertices[b.faces]).max() <= 1e-5
+    assert np.abs(a.colors[a.faces] - b.colors[b.faces]).max() <= 1e-5
     assert read_glb(one)[0]["nodes"] == read_glb(candidate)[0]["nodes"], "same name, label and seed in the extras"
     entry = next(e for e in server.get(f"/v1/jobs/{regenerated}/scene")["instances"] if e["label"] == LABEL)
     chosen = server.get(f"/v1/jobs/{job_id}/scene")["variants"]["candidates"][1]

@@ -157,14 +157,14 @@ def test_generate_imports_one_posed_object_per_instance(bpy, addon, inputs, serv
     assert bpy.context.view_layer.objects.active.name in {o.name for o in objects.values()}
 
 
-def test_imported_objects_use_a_vertex_colour_material(bpy, addon, inputs):
+def test_imported_objects_use_a_material_of_their_own_and_keep_their_vertex_colours(bpy, addon, inputs):
     job = generate(bpy, addon)
     for obj in instances(bpy, addon, job).values():
         material = obj.active_material
         assert material.get(addon.importer.COLOUR_MATERIAL) and material.users == 1, "one material per object"
         (link,) = [link for link in material.node_tree.links if link.to_socket.name == "Base Color"]
-        assert link.from_node.type == "VERTEX_COLOR" and link.to_node.type == "BSDF_PRINCIPLED"
-        colours = obj.data.color_attributes[link.from_node.layer_name]
+        assert link.from_node.type == "TEX_IMAGE" and link.to_node.type == "BSDF_PRINCIPLED"  # the baked texture
+        colours = obj.data.color_attributes[addon.importer.COLOR_ATTRIBUTE]
         assert colours.domain == "POINT" and len(colours.data) == len(obj.data.vertices)
         values = np.empty(len(colours.data) * 4, np.float32)
         colours.data.foreach_get("color", values)

@@ -71,9 +71,10 @@ def jobs_router(service: JobService, gate: DecodeGate, max_pixels: int) -> APIRo
         return created(service.submit_build(job_id))
 
     @router.post("/jobs/{job_id}/refine", status_code=202, response_model=JobCreated,
-                 summary="re-generate the scene coherently with edited transforms (a child job)")
+                 summary="re-generate the scene coherently with edited transforms, around context meshes (a child job)")
     def refine(body: RefineBody, job_id: str = JOB_ID):
-        return created(service.submit_refine(job_id, body.transforms, body.locked, body.strength, body.seed))
+        return created(service.submit_refine(job_id, body.transforms, body.locked, body.strength, body.seed,
+                                             [entry.model_dump() for entry in body.context]))
 
     @router.post("/jobs/{job_id}/variants", status_code=202, response_model=JobCreated,
                  summary="K candidate shapes of one instance, made together (a child job)")

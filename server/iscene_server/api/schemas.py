@@ -6,6 +6,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from ..engine.pipeline import DEFAULT_TEXTURE_SIZE, MAX_TEXTURE_SIZE, MIN_TEXTURE_SIZE
+from ..engine.refine.context import (
+    CONTEXT_REACH,
+    MAX_CONTEXT_FACES,
+    MAX_CONTEXT_GLB_MB,
+    MAX_CONTEXT_NAME,
+    MAX_CONTEXT_OBJECTS,
+    MAX_CONTEXT_VOXELS,
+)
 from ..engine.seeds import DEFAULT_SEED, SEED_LIMIT
 from ..engine.variants import MAX_VARIANTS
 
@@ -31,6 +40,10 @@ class GenerationParams(StrictModel):
     labels: list[Label] | None = Field(None, min_length=1, max_length=100, description="only these instances")
     min_floater: float = Field(0.02, ge=0, le=1, description="drop mesh parts smaller than this fraction")
     mesh_grid: Literal["iscene", "trellis"] = "iscene"
+    texture: Literal["baked", "vertex"] = Field("baked", description="a baked base-colour texture (UV atlas, PNG "
+                                                "in the GLB; vertex colours kept too), or vertex colours only")
+    texture_size: int = Field(DEFAULT_TEXTURE_SIZE, ge=MIN_TEXTURE_SIZE, le=MAX_TEXTURE_SIZE,
+                              description="texels per side of the baked texture")
     until: Literal["meshes", "layout"] = Field("meshes", description="the last result: meshes, or only the layout "
                                                "(stage 1: proxies and camera; POST /v1/jobs/{id}/build adds meshes)")
     name: str | None = Field(None, max_length=200, description="what job lists call the scene, e.g. the image's "
@@ -68,6 +81,21 @@ class BuildBody(StrictModel):
     """``POST /v1/jobs/{id}/build`` takes no options: the layout job's parameters and seeds are used."""
 
 
+class ContextEntry(StrictModel):
+    """One of the artist's own meshes, kept fixed: the refined objects are arranged around it, it is never changed
+    or exported. Its values are checked by the server (refused with a message naming it), so non-finite ones pass
+    the schema."""
+
+    name: str = Field(..., min_length=1, max_length=MAX_CONTEXT_NAME, description="unique within the list")
+    transform: Matrix = Field(..., description="4x4 matrix (rows, column vectors, last row 0 0 0 1) from the GLB's "
+                                               "frame (glTF y-up undone: (x, y, z) -> (x, -z, y)) to the scene frame")
+    glb: str = Field(..., description=f"standard base64 of a binary glTF 2.0 file of at most {MAX_CONTEXT_GLB_MB} MiB "
+                                      f"and {MAX_CONTEXT_FACES:,} triangles (no Draco or meshopt compression); its "
+                                      f"transformed bounds within [-{CONTEXT_REACH:g}, {CONTEXT_REACH:g}]^3, some of "
+                                      f"it in the scene volume [-0.5, 0.5]^3, filling at most {MAX_CONTEXT_VOXELS:,} "
+                                      "of its 64^3 cells")
+
+
 class RefineBody(FiniteModel):
     transforms: dict[Label, Matrix] = Field(default_factory=dict, max_length=100,
                                             description="4x4 matrix per label in the scene frame (column vectors); "
@@ -75,6 +103,10 @@ class RefineBody(FiniteModel):
     locked: list[Label] = Field(default_factory=list, max_length=100, description="instances kept exactly")
     strength: float = Field(0.5, ge=0, le=1, description="0 keeps the moved shapes, 1 re-generates from noise")
     seed: int | None = Field(None, ge=0, lt=SEED_LIMIT, description="noise seed (default: random)")
+    context: list[ContextEntry] = Field(default_factory=list, max_length=MAX_CONTEXT_OBJECTS,
+                                        description=f"at most {MAX_CONTEXT_OBJECTS} fixed meshes of the artist's scene "
+                                                    "(rendered into the edited view, kept as locked occupancy in "
+                                                    "stage 1, never exported); recorded in the manifest's context")
 
     @field_validator("transforms")
     @classmethod

@@ -105,7 +105,8 @@ class BodyLimit:
             "code": "too_large",
             "message": f"the request is {size / 2 ** 20:.1f} MB, over the server's limit of "
                        f"{self.max_bytes / 2 ** 20:.0f} MB",
-            "hint": "send smaller images (a few megapixels are plenty), or raise --max-upload-mb"}}).encode()
+            "hint": "send smaller images (a few megapixels are plenty) or fewer and lighter context meshes, or raise "
+                    "--max-upload-mb"}}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -1,9 +1,10 @@
-"""CPU work that overlaps the GPU: per-object mesh clean-up and the camera solve, in a process pool.
+"""CPU work that overlaps the GPU: per-object mesh clean-up (and texture bake) and the camera solve, in a
+process pool.
 
 fast-simplification keeps the mesh it works on in C++ module globals, so clean-ups cannot share a process;
 each worker process runs one at a time. Workers come from a ``forkserver`` (``spawn`` where there is none):
 never a fork of the engine process, whose torch threads are running. The forkserver preloads only this
-module, so workers import numpy, scipy and fast-simplification — not torch, nor the program's ``__main__`` —
+module, so workers import numpy, scipy, fast-simplification and xatlas — not torch, nor the program's ``__main__`` —
 and start in a fraction of a second. The pool is created on first use, reused across jobs, and rebuilt after
 a worker dies.
 
@@ -23,7 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ISceneError
-from ..geometry.postprocess import ColoredMesh, postprocess
+from ..geometry.postprocess import ColoredMesh, remove_floaters, simplify
+from ..geometry.texture.bake import bake_texture
 from .camera.solve import CameraFit, solve_camera
 
 WAIT_S = 0.1  # how often a wait on the pool looks at the cancel flag
@@ -44,6 +46,7 @@ class CleanupTask:
     mesh: ColoredMesh
     min_fraction: float
     target_faces: int | None
+    texture_size: int | None = None  # bake a texture this many texels wide; None: vertex colours only
 
 
 @dataclass(frozen=True, eq=False)
@@ -55,9 +58,13 @@ class Timed:
 
 
 def clean_mesh(task: CleanupTask) -> Timed:
-    """Floaters, decimation and colours for one object (the work a pool worker does)."""
+    """Floaters, decimation, colours and the texture bake for one object (the work a pool worker does): the
+    texture samples the mesh as extracted (floaters dropped), before decimation averaged its colours."""
     started = time.perf_counter()
-    mesh = postprocess(task.mesh, min_fraction=task.min_fraction, target_faces=task.target_faces)
+    kept = remove_floaters(task.mesh, task.min_fraction)
+    mesh = simplify(kept, task.target_faces)
+    if task.texture_size is not None:
+        mesh = bake_texture(mesh, kept, task.texture_size)
     return Timed(mesh, time.perf_counter() - started)
 
 

@@ -24,6 +24,7 @@ from ..devices import resolve_device, resolve_dtype
 from ..errors import InputError
 from ..geometry.ply import GaussianCloud
 from ..geometry.postprocess import ColoredMesh
+from ..geometry.texture.settings import DEFAULT_TEXTURE_SIZE, MAX_TEXTURE_SIZE, MIN_TEXTURE_SIZE, TEXTURES
 from .announcing import FinalInstances, LayoutAnnouncer
 from .camera.solve import CameraFit
 from .cancel import cancellation_points
@@ -70,6 +71,8 @@ class GenerationRequest(Stage1Request):
     target_faces: int = 50_000
     min_floater_fraction: float = 0.02
     mesh_grid: str = "iscene"
+    texture: str = "baked"
+    texture_size: int = DEFAULT_TEXTURE_SIZE
 
     def __post_init__(self):
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -78,6 +81,16 @@ class GenerationRequest(Stage1Request):
                              f"choose from {', '.join(FORMATS)}")
         if self.target_faces < 100:
             raise InputError(f"target face count {self.target_faces} is too small", "use at least 100 faces")
+        if self.texture not in TEXTURES:
+            raise InputError(f"unknown texture {self.texture!r}", f"choose from {', '.join(TEXTURES)}")
+        if not MIN_TEXTURE_SIZE <= self.texture_size <= MAX_TEXTURE_SIZE:
+            raise InputError(f"texture size {self.texture_size} is out of range",
+                             f"use {MIN_TEXTURE_SIZE} to {MAX_TEXTURE_SIZE} texels (default {DEFAULT_TEXTURE_SIZE})")
+
+    @property
+    def baked_texture_size(self) -> int | None:
+        """Texels per side of the texture to bake, or None for vertex colours only."""
+        return self.texture_size if self.texture == "baked" else None
 
 
 @dataclass
@@ -306,7 +319,8 @@ class ScenePipeline:
                 timer.gpu_done()  # the last object's stamp stays: the GPU's last work for this job
                 cleaning = None
                 if raw is not None:  # clean it up while the GPU decodes the next object
-                    task = CleanupTask(inst.label, raw, request.min_floater_fraction, request.target_faces)
+                    task = CleanupTask(inst.label, raw, request.min_floater_fraction, request.target_faces,
+                                       request.baked_texture_size)
                     cleaning = self.workers.submit(clean_mesh, task)
                     timer.skip()  # submitting (inline: doing) the clean-up is charged through its worker time
                 finals.add(result, cleaning)

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..geometry.glb_writer import write_instance_glb, write_scene_glb
 from ..geometry.gltf import instance_name
 from ..geometry.ply import write_gaussian_ply
-from ..geometry.postprocess import bounds_and_origin
+from ..geometry.postprocess import ColoredMesh, bounds_and_origin
 from ..geometry.proxy import proxy_mesh
 from ..geometry.voxels import GRID
 from .camera.solve import CameraFit
@@ -39,7 +39,12 @@ SCENE_GLB = "scene.glb"
 STRUCTURE_NPZ = "structure.npz"
 
 
-CANDIDATE_FIELDS = ("seed", "file", "vertices", "faces", "bbox", "voxels", "extracted_faces", "ply")
+CANDIDATE_FIELDS = ("seed", "file", "vertices", "faces", "bbox", "voxels", "extracted_faces", "texture", "ply")
+
+
+def texture_entry(mesh: ColoredMesh) -> dict:
+    """How an instance's GLB is coloured: ``{"mode": "baked", "size": texels}`` or ``{"mode": "vertex"}``."""
+    return {"mode": "baked", "size": int(mesh.texture.shape[0])} if mesh.textured else {"mode": "vertex"}
 
 
 def candidate_name(label: int, index: int) -> str:
@@ -252,7 +257,7 @@ class SceneWriter:
                                model_ids=self.header["models"])
             bounds = bounds_and_origin(inst.mesh.vertices)
             entry.update(file=f"{name}.glb", vertices=inst.mesh.vertex_count, faces=inst.mesh.face_count,
-                         bbox=bounds.to_dict())
+                         bbox=bounds.to_dict(), texture=texture_entry(inst.mesh))
         if inst.gaussians is not None:
             write_gaussian_ply(self.folder / f"{name}.ply", inst.gaussians)
             entry["ply"] = f"{name}.ply"

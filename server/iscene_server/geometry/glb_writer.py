@@ -1,12 +1,18 @@
 """Writing binary glTF (GLB): one node and mesh per instance, with vertex colours and metadata in ``extras``.
 
-The GLB is written by this small writer rather than trimesh: we need node extras, an untextured vertex-colour
+The GLB is written by this small writer rather than trimesh: we need node extras, a vertex-colour or baked-texture
 material and byte-identical output for identical input, all of which are a few lines of the glTF 2.0 container
 format. Output bytes depend only on the arguments. Frames: see :mod:`.gltf`.
+
+A baked mesh (:attr:`ColoredMesh.textured`) gets ``TEXCOORD_0`` and a material of its own whose
+``baseColorTexture`` is its texture, embedded as a PNG; its vertex colours stay as ``COLOR_0`` unless
+``vertex_colors=False`` (glTF multiplies the two, so viewers that honour ``COLOR_0`` on a textured mesh show it
+darker; the server's and the add-on's readers use ``COLOR_0`` where present and the texture otherwise).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 from collections.abc import Mapping, Sequence
@@ -15,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ..atomic import write_atomic
 from .colour import srgb_to_linear
@@ -24,11 +31,15 @@ from .gltf import (
     CHUNK_BIN,
     CHUNK_HEADER,
     CHUNK_JSON,
+    CLAMP_TO_EDGE,
     ELEMENT_ARRAY_BUFFER,
     FLOAT,
     GLB_HEADER,
     GLB_MAGIC,
     GLB_VERSION,
+    LINEAR,
+    LINEAR_MIPMAP_LINEAR,
+    PNG,
     S_TO_GLTF,
     TRIANGLES,
     UINT32,
@@ -37,6 +48,15 @@ from .gltf import (
 from .postprocess import ColoredMesh
 
 GENERATOR = "iscene-server"
+TEXTURE_SAMPLER = {"magFilter": LINEAR, "minFilter": LINEAR_MIPMAP_LINEAR, "wrapS": CLAMP_TO_EDGE,
+                   "wrapT": CLAMP_TO_EDGE}  # the filtering the bake's gutter fill is made for
+
+
+def png_bytes(texture: np.ndarray) -> bytes:
+    """``texture [H, W, 3]`` (uint8, sRGB) as PNG file bytes (the same bytes for the same texels)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(texture, dtype=np.uint8), "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 @dataclass(frozen=True, eq=False)  # arrays: compare fields explicitly
@@ -90,10 +110,39 @@ class GlbBuilder:
         self._length = offset + len(data)
         return offset
 
-    def _add_view(self, data: bytes, target: int) -> int:
+    def _add_view(self, data: bytes, target: int | None) -> int:
+        """A buffer view of ``data``; ``target`` None for images (glTF gives their views none)."""
         offset = self.append_binary(data)
-        self.gltf["bufferViews"].append({"buffer": 0, "byteOffset": offset, "byteLength": len(data), "target": target})
+        view = {"buffer": 0, "byteOffset": offset, "byteLength": len(data)}
+        self.gltf["bufferViews"].append(view if target is None else {**view, "target": target})
         return len(self.gltf["bufferViews"]) - 1
+
+    def _append(self, kind: str, item: dict[str, Any]) -> int:
+        """Append to the top-level array ``kind`` (created on first use: glTF forbids empty arrays)."""
+        items = self.gltf.setdefault(kind, [])
+        items.append(item)
+        return len(items) - 1
+
+    def sampler_index(self, sampler: dict[str, Any]) -> int:
+        """Index of an identical sampler already in the document, appending it if there is none."""
+        samplers = self.gltf.get("samplers", [])
+        return samplers.index(sampler) if sampler in samplers else self._append("samplers", sampler)
+
+    def add_texture(self, image: dict[str, Any], sampler: dict[str, Any]) -> int:
+        """A texture of ``image`` (an ``images`` entry, its buffer view already added) read through ``sampler``."""
+        return self._append("textures", {"sampler": self.sampler_index(sampler),
+                                         "source": self._append("images", image)})
+
+    def baked_material(self, name: str, texture: np.ndarray) -> int:
+        """A material of its own whose base colour is ``texture [H, W, 3]`` (embedded as a PNG)."""
+        image = {"bufferView": self._add_view(png_bytes(texture), None), "mimeType": PNG}
+        index = self.add_texture(image, TEXTURE_SAMPLER)
+        return self.material_index({
+            "name": f"{name}_baked",
+            "pbrMetallicRoughness": {"baseColorTexture": {"index": index}, "metallicFactor": 0.0,
+                                     "roughnessFactor": 1.0},
+            "doubleSided": True,
+        })
 
     def _add_accessor(self, array: np.ndarray, kind: str, *, indices: bool = False, bounds: bool = False) -> int:
         dtype, component = (np.uint32, UINT32) if indices else (np.float32, FLOAT)
@@ -123,14 +172,22 @@ class GlbBuilder:
             materials.append(material)
         return materials.index(material)
 
-    def add_instance(self, instance: ExportInstance, material: int, normals: bool) -> None:
+    def add_instance(self, instance: ExportInstance, normals: bool, vertex_colors: bool = True) -> None:
+        """One node and mesh; a baked mesh gets its texture material, any other the shared vertex-colour one.
+        ``vertex_colors=False`` leaves ``COLOR_0`` out of a baked mesh (an unbaked one always has it)."""
         mesh, name = instance.mesh, instance_name(instance.label)
         if mesh.face_count == 0:
             raise ValueError(f"{name} has no faces; glTF accessors cannot be empty")
         attributes = {"POSITION": self._add_accessor(mesh.vertices @ S_TO_GLTF.T, "VEC3", bounds=True)}
         if normals:
             attributes["NORMAL"] = self._add_accessor(vertex_normals(mesh.vertices, mesh.faces) @ S_TO_GLTF.T, "VEC3")
-        attributes["COLOR_0"] = self._add_accessor(srgb_to_linear(mesh.colors), "VEC3")
+        if vertex_colors or not mesh.textured:
+            attributes["COLOR_0"] = self._add_accessor(srgb_to_linear(mesh.colors), "VEC3")
+        if mesh.textured:
+            attributes["TEXCOORD_0"] = self._add_accessor(mesh.uvs, "VEC2")
+            material = self.baked_material(name, mesh.texture)
+        else:
+            material = self.vertex_colour_material()
         primitive = {"attributes": attributes, "indices": self._add_accessor(mesh.faces, "SCALAR", indices=True),
                      "material": material, "mode": TRIANGLES}
         extras = instance.node_extras()
@@ -163,21 +220,29 @@ class GlbBuilder:
         ])
 
 
-def glb_bytes(instances: Sequence[ExportInstance], *, normals: bool = True) -> bytes:
+def glb_bytes(instances: Sequence[ExportInstance], *, normals: bool = True, vertex_colors: bool = True) -> bytes:
     """A GLB with one node (and mesh) per instance, in the given order, all in one frame."""
     builder = GlbBuilder()
-    material = builder.vertex_colour_material()
     for instance in instances:
-        builder.add_instance(instance, material, normals)
+        builder.add_instance(instance, normals, vertex_colors)
     return builder.to_bytes()
 
 
 def write_instance_glb(path: str | Path, mesh: ColoredMesh, *, label: int, seed: int,
                        model_ids: Mapping[str, str], extras: Mapping[str, Any] | None = None,
-                       normals: bool = True) -> Path:
+                       normals: bool = True, vertex_colors: bool = True) -> Path:
     """Write one instance as a GLB: node and mesh ``instance_<label>``; extras label/seed/models/…"""
     instance = ExportInstance(mesh, label, seed, model_ids, extras or {})
-    return write_atomic(path, glb_bytes([instance], normals=normals))
+    return write_atomic(path, glb_bytes([instance], normals=normals, vertex_colors=vertex_colors))
+
+
+def _renumbered_material(material: dict[str, Any], textures: list[int]) -> dict[str, Any]:
+    """``material`` with its base-colour texture index mapped through ``textures`` (old index -> new)."""
+    pbr = material.get("pbrMetallicRoughness", {})
+    if "baseColorTexture" not in pbr:
+        return material
+    base = {**pbr["baseColorTexture"], "index": textures[pbr["baseColorTexture"]["index"]]}
+    return {**material, "pbrMetallicRoughness": {**pbr, "baseColorTexture": base}}
 
 
 def merge_glb(parts: Sequence[bytes]) -> bytes:
@@ -192,7 +257,12 @@ def merge_glb(parts: Sequence[bytes]) -> bytes:
         gltf["bufferViews"] += [{**view, "byteOffset": view.get("byteOffset", 0) + base}
                                 for view in document["bufferViews"]]
         gltf["accessors"] += [{**acc, "bufferView": acc["bufferView"] + views} for acc in document["accessors"]]
-        materials = [builder.material_index(material) for material in document.get("materials", [])]
+        samplers = document.get("samplers", [])
+        textures = [builder.add_texture({**document["images"][t["source"]],
+                                         "bufferView": document["images"][t["source"]]["bufferView"] + views},
+                                        samplers[t["sampler"]]) for t in document.get("textures", [])]
+        materials = [builder.material_index(_renumbered_material(material, textures))
+                     for material in document.get("materials", [])]
         for mesh in document["meshes"]:
             primitives = [{**prim, "attributes": {k: v + accessors for k, v in prim["attributes"].items()},
                            "indices": prim["indices"] + accessors, "material": materials[prim["material"]]}

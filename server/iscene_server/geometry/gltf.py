@@ -11,6 +11,8 @@ import numpy as np
 FLOAT, UINT32 = 5126, 5125  # accessor component types
 ARRAY_BUFFER, ELEMENT_ARRAY_BUFFER = 34962, 34963  # buffer view targets
 TRIANGLES = 4  # primitive mode
+LINEAR, LINEAR_MIPMAP_LINEAR, CLAMP_TO_EDGE = 9729, 9987, 33071  # sampler filters and wrap mode
+PNG = "image/png"
 GLB_MAGIC, GLB_VERSION = 0x46546C67, 2
 CHUNK_JSON, CHUNK_BIN = 0x4E4F534A, 0x004E4942
 GLB_HEADER = "<III"  # magic, version, total length

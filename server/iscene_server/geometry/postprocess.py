@@ -29,11 +29,14 @@ def _proper_faces(faces: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)  # arrays: compare fields explicitly
 class ColoredMesh:
-    """A triangle mesh with one RGB colour per vertex (values in [0, 1], as the decoder gives them)."""
+    """A triangle mesh with one RGB colour per vertex (values in [0, 1], as the decoder gives them) and, once
+    baked (geometry/texture), a UV per vertex and a base-colour texture (sRGB-encoded like the colours)."""
 
     vertices: np.ndarray  # float32 [V, 3]
     faces: np.ndarray  # int64 [F, 3]
     colors: np.ndarray  # float32 [V, 3]
+    uvs: np.ndarray | None = None  # float32 [V, 2] in [0, 1], v down (glTF's TEXCOORD_0)
+    texture: np.ndarray | None = None  # uint8 [H, W, 3], row 0 at v = 0
 
     def __post_init__(self) -> None:
         vertices = np.ascontiguousarray(np.asarray(self.vertices, dtype=np.float32))
@@ -47,6 +50,17 @@ class ColoredMesh:
             raise ValueError(f"colors must be [V, 3] like vertices {vertices.shape}, got {colors.shape}")
         if faces.size and (faces.min() < 0 or faces.max() >= len(vertices)):
             raise ValueError("faces reference vertices that do not exist")
+        if (self.uvs is None) != (self.texture is None):
+            raise ValueError("uvs and texture come together: give both or neither")
+        if self.uvs is not None:
+            uvs = np.ascontiguousarray(np.asarray(self.uvs, dtype=np.float32))
+            texture = np.ascontiguousarray(np.asarray(self.texture, dtype=np.uint8))
+            if uvs.shape != (len(vertices), 2):
+                raise ValueError(f"uvs must be [V, 2] for {len(vertices)} vertices, got {uvs.shape}")
+            if texture.ndim != 3 or texture.shape[2] != 3 or 0 in texture.shape:
+                raise ValueError(f"texture must be a non-empty [H, W, 3] image, got {texture.shape}")
+            object.__setattr__(self, "uvs", uvs)
+            object.__setattr__(self, "texture", texture)
         object.__setattr__(self, "vertices", vertices)
         object.__setattr__(self, "faces", faces)
         object.__setattr__(self, "colors", colors)
@@ -59,9 +73,13 @@ class ColoredMesh:
     def face_count(self) -> int:
         return int(self.faces.shape[0])
 
+    @property
+    def textured(self) -> bool:
+        return self.texture is not None
+
     def select_faces(self, keep: np.ndarray) -> ColoredMesh:
         """The sub-mesh made of the faces where ``keep`` is true, without unreferenced vertices."""
-        return ColoredMesh(self.vertices, self.faces[keep], self.colors).compact()
+        return ColoredMesh(self.vertices, self.faces[keep], self.colors, self.uvs, self.texture).compact()
 
     def without_degenerate_faces(self) -> ColoredMesh:
         """Drop faces that use one vertex twice (they have no area and confuse edge collapses)."""
@@ -85,7 +103,8 @@ class ColoredMesh:
         if used.all():
             return self
         new_index = np.cumsum(used, dtype=np.int64) - 1
-        return ColoredMesh(self.vertices[used], new_index[self.faces], self.colors[used])
+        uvs = None if self.uvs is None else self.uvs[used]
+        return ColoredMesh(self.vertices[used], new_index[self.faces], self.colors[used], uvs, self.texture)
 
 
 @dataclass(frozen=True)
@@ -179,9 +198,13 @@ def decimate(mesh: ColoredMesh, target_faces: int, aggressiveness: float = 7.0) 
     return ColoredMesh(replayed_points, replayed_faces, colors)
 
 
-def postprocess(mesh: ColoredMesh, *, min_fraction: float = 0.02, target_faces: int | None = None) -> ColoredMesh:
-    """Remove floaters, decimate to ``target_faces`` (skipped when None), drop duplicated faces."""
-    mesh = remove_floaters(mesh, min_fraction)
+def simplify(mesh: ColoredMesh, target_faces: int | None) -> ColoredMesh:
+    """Decimate to ``target_faces`` (skipped when None), drop duplicated faces."""
     if target_faces is not None:
         mesh = decimate(mesh, target_faces)
     return mesh.without_duplicate_faces()
+
+
+def postprocess(mesh: ColoredMesh, *, min_fraction: float = 0.02, target_faces: int | None = None) -> ColoredMesh:
+    """Remove floaters, decimate to ``target_faces`` (skipped when None), drop duplicated faces."""
+    return simplify(remove_floaters(mesh, min_fraction), target_faces)

@@ -8,16 +8,17 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..engine.preprocess import DEFAULT_MAX_PIXELS, load_scene, open_image
-from ..engine.preprocess.images import header_pixels
-from ..engine.refine.scene import check_refinable
-from ..engine.results import is_layout
+from ..engine.preprocess.images import MAX_INSTANCES, header_pixels
+from ..engine.refine.context import ContextObject, decode_context
+from ..engine.refine.scene import ParentScene, check_refinable
+from ..engine.results import is_layout, read_manifest
 from ..engine.variants import check_variant_count, check_variant_seeds
 from ..errors import InputError, StateError
 from ..segment.prompts import parse_prompts
 from .runner import refine_edit
 
-__all__ = ["DEFAULT_MAX_PIXELS", "check_generate", "check_labels", "check_refine", "check_regenerate",
-           "check_segment", "check_variants", "upload_pixels"]
+__all__ = ["DEFAULT_MAX_PIXELS", "check_context", "check_generate", "check_labels", "check_refine",
+           "check_regenerate", "check_segment", "check_variants", "upload_pixels"]
 
 
 def upload_pixels(uploads: Iterable[bytes]) -> int:
@@ -62,6 +63,22 @@ def check_refine(parent_folder: Path, params: Mapping) -> None:
     to do (all locked; strength 0 and nothing moved) fail here."""
     parent, edit = refine_edit(parent_folder, params)
     check_refinable(parent, edit)
+
+
+def check_context(parent_folder: Path, entries: list[Mapping]) -> list[ContextObject]:
+    """A refine's context objects (API entries ``{name, transform, glb}``), decoded, checked and voxelised against
+    the parent scene (an enclosure around its objects stays hollow): too many, a bad GLB or transform, one outside
+    the volume or too large fail here, naming the object; so do more than the edited view can hold beside the
+    scene's own objects (each is rendered with an id of its own)."""
+    if not entries:
+        return []
+    parent = ParentScene(parent_folder, read_manifest(parent_folder))
+    if len(parent.labels) + len(entries) > MAX_INSTANCES:
+        raise InputError(f"the scene has {len(parent.labels)} objects: with {len(entries)} context objects the edited "
+                         f"view would hold more than the {MAX_INSTANCES} one scene can",
+                         f"join context objects into fewer meshes: {MAX_INSTANCES - len(parent.labels)} fit beside "
+                         "this scene's objects")
+    return decode_context(entries, parent.occupancy())
 
 
 def check_variants(manifest: Mapping, label: int, count: int, seeds: list[int] | None, job_id: str) -> None:

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,23 +26,26 @@ import numpy as np
 from .. import segment
 from ..engine.eta import DEFAULT_STEPS, JobSize
 from ..engine.listener import ResultListener
-from ..engine.pipeline import GenerationRequest, InstanceResult, ScenePipeline
+from ..engine.pipeline import DEFAULT_TEXTURE_SIZE, TEXTURES, GenerationRequest, InstanceResult, ScenePipeline
 from ..engine.preprocess import decode_label_map, load_scene, open_image
 from ..engine.progress import ProgressTracker
+from ..engine.refine.context import ContextObject, context_from_npz, damaged_context, manifest_entries
 from ..engine.refine.scene import ParentScene, Refiner, check_edit
 from ..engine.results import SceneWriter, file_digest, is_layout, read_layout, read_manifest
 from ..engine.seeds import DEFAULT_SEED
 from ..engine.variants import generate_variants
 from ..errors import InputError
 from .publishing import Publisher, PublishingListener
+from .store import SCENE_INPUTS
 
 DETAIL_FACES = {"low": 15_000, "medium": 50_000, "high": 200_000}
 LABELS_PNG, SEGMENTS_JSON = "labels.png", "segments.json"
 
 
-CHOICES = {"detail": tuple(DETAIL_FACES), "mesh_grid": ("iscene", "trellis"), "until": ("meshes", "layout")}
+CHOICES = {"detail": tuple(DETAIL_FACES), "mesh_grid": ("iscene", "trellis"), "until": ("meshes", "layout"),
+           "texture": TEXTURES}
 FORMATS = ("mesh", "gaussian")
-NUMBERS = ("seed", "steps", "cfg", "slat_steps", "slat_cfg", "target_faces", "min_floater")
+NUMBERS = ("seed", "steps", "cfg", "slat_steps", "slat_cfg", "target_faces", "min_floater", "texture_size")
 PARENT_KINDS = {"regenerate": ("labels", "seeds", "parent_params"), "variants": ("label", "seeds", "parent_params"),
                 "refine": ("transforms", "locked", "strength", "seed", "parent_params"), "build": ("parent_params",)}
 
@@ -93,10 +96,21 @@ def check_stored_params(kind: str, params) -> None:
                 raise damaged_params("label or seeds have the wrong type")
         elif kind == "refine" and (not isinstance(params["transforms"], dict) or not _is_number(params["strength"])):
             raise damaged_params("transforms or strength have the wrong type")
+        elif kind == "refine":
+            check_context_params(params.get("context", []))
     elif kind == "generate":
         check_scene_params(params)
     elif not isinstance(params, dict):
         raise damaged_params("they are not a JSON object")
+
+
+def check_context_params(context) -> None:
+    """The ``context`` a refine job stored: a list of ``{name, faces, voxels, clipped}`` (older jobs have none)."""
+    fields = {"name": str, "faces": int, "voxels": int, "clipped": bool}
+    if not isinstance(context, list) or not all(
+            isinstance(entry, dict) and all(type(entry.get(key)) is kind for key, kind in fields.items())
+            for entry in context):
+        raise damaged_params("context is not a list of {name, faces, voxels, clipped}")
 
 
 def scene_params(kind: str, params: dict) -> dict:
@@ -112,14 +126,15 @@ def request_from_params(params: dict, **overrides) -> GenerationRequest:
               "cfg_strength": params.get("cfg"), "slat_steps": params.get("slat_steps"),
               "slat_cfg_strength": params.get("slat_cfg"), "formats": tuple(params.get("formats", ["mesh"])),
               "target_faces": target, "min_floater_fraction": params.get("min_floater", 0.02),
-              "mesh_grid": params.get("mesh_grid", "iscene")}
+              "mesh_grid": params.get("mesh_grid", "iscene"), "texture": params.get("texture", "baked"),
+              "texture_size": params.get("texture_size") or DEFAULT_TEXTURE_SIZE}
     return GenerationRequest(**{**fields, **overrides})
 
 
 def scene_header(pipeline: ScenePipeline, inputs: dict[str, bytes]) -> dict:
     return {"models": pipeline.package.model_ids(), "device": str(pipeline.device),
             "dtype": str(pipeline.models.dtype).removeprefix("torch."),
-            "inputs": {"digests": {name: file_digest(data) for name, data in inputs.items()}}}
+            "inputs": {"digests": {name: file_digest(data) for name, data in inputs.items() if name in SCENE_INPUTS}}}
 
 
 def copy_outputs(parent: Path, child: Path, check: Callable[[], None] | None = None) -> None:
@@ -202,16 +217,30 @@ def run_build(pipeline: ScenePipeline, folder: Path, parent_folder: Path, params
     return export(tracker, lambda: writer.write_scene(result, keep_scene_slot=True))
 
 
-def refine_edit(parent_folder: Path, params: dict):
-    """The parent scene and the validated edit of refine job ``params`` (labels arrive as JSON strings)."""
+def refine_context(params: dict, stored: bytes | None) -> list[ContextObject]:
+    """The context objects refine job ``params`` recorded, from its ``context`` input ``stored``; a missing or
+    unreadable input, or one holding other objects than the record says, is the damaged-input error."""
+    recorded = [entry["name"] for entry in params.get("context", [])]
+    if not recorded:
+        return []
+    objects = context_from_npz(stored) if stored is not None else None
+    if objects is None or [obj.name for obj in objects] != recorded:
+        raise damaged_context()
+    return objects
+
+
+def refine_edit(parent_folder: Path, params: dict, context: Sequence[ContextObject] = ()):
+    """The parent scene and the validated edit of refine job ``params`` (labels arrive as JSON strings), with its
+    ``context`` objects (:func:`refine_context`)."""
     parent = ParentScene(parent_folder, read_manifest(parent_folder))
     transforms = {int(label): matrix for label, matrix in params["transforms"].items()}
-    return parent, check_edit(parent, transforms, params["locked"], params["strength"], params["seed"])
+    return parent, check_edit(parent, transforms, params["locked"], params["strength"], params["seed"], context)
 
 
 def refine_notes(edit, plan) -> dict:
-    """What a refine did, for its manifest."""
-    return {"refine": {"strength": edit.strength, "seed": edit.seed,
+    """What a refine did, for its manifest: the edit, and the context objects it used (``[]`` when none)."""
+    return {"context": manifest_entries(edit.context, plan.context_pixels),
+            "refine": {"strength": edit.strength, "seed": edit.seed,
                        "locked": sorted(edit.locked), "resampled": plan.resample, "moved_only": plan.rebuild_only,
                        "hidden": plan.hidden,
                        "transforms": {str(k): v.tolist() for k, v in sorted(edit.transforms.items())}}}
@@ -220,7 +249,7 @@ def refine_notes(edit, plan) -> dict:
 def run_refine(pipeline: ScenePipeline, folder: Path, parent_folder: Path, params: dict, inputs: dict[str, bytes],
                tracker: ProgressTracker, publisher: Publisher | None = None) -> dict:
     """The refine of a layout is a layout: the moved occupancies, no re-render, no stage 1, no meshes."""
-    parent, edit = refine_edit(parent_folder, params)
+    parent, edit = refine_edit(parent_folder, params, refine_context(params, inputs.get("context")))
     copy_outputs(parent_folder, folder, tracker.check_cancelled)
     original = load_scene(inputs["image"], inputs["labels"])
     writer = SceneWriter(folder, scene_header(pipeline, inputs), parent.manifest, check=tracker.check_cancelled)

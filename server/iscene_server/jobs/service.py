@@ -23,6 +23,7 @@ from ..engine.eta import COSTS_FILE, StageCosts, device_key
 from ..engine.packages.layouts import PACKAGE_ROLES
 from ..engine.pipeline import ScenePipeline
 from ..engine.progress import ProgressTracker, ProgressUpdate
+from ..engine.refine.context import context_to_npz
 from ..engine.results import read_manifest
 from ..engine.seeds import random_seed
 from ..engine.variants import random_variant_seeds
@@ -184,25 +185,32 @@ class JobService:
         intake.check_regenerate(read_manifest(self.store.folder(job_id)), labels, job_id)
         params = {"labels": labels, "seeds": {label: (seeds or {}).get(label, random_seed()) for label in labels},
                   "parent_params": scene_params(parent.kind, parent.params)}
-        return self.submit("regenerate", params, self.store.input_bytes(job_id), parent=job_id)
+        return self.submit("regenerate", params, self.store.scene_inputs(job_id), parent=job_id)
 
     def submit_refine(self, job_id: str, transforms: dict[int, list], locked: list[int], strength: float,
-                      seed: int | None) -> JobRecord:
-        """A child of finished scene job ``job_id``, re-generated coherently with the edit; a bad edit fails now
-        (:func:`intake.check_refine`), not in the queue."""
+                      seed: int | None, context: list[dict] | None = None) -> JobRecord:
+        """A child of finished scene job ``job_id``, re-generated coherently with the edit and around the
+        ``context`` objects (API entries ``{name, transform, glb}``); a bad edit or context object fails now
+        (:func:`intake.check_refine`, :func:`intake.check_context`), not in the queue. The decoded context objects
+        are the child's own input (its children do not inherit them)."""
         parent = self.require_finished(job_id, SCENE_KINDS)
         params = {"transforms": {str(label): matrix for label, matrix in transforms.items()}, "locked": locked,
                   "strength": strength, "seed": random_seed() if seed is None else seed,
                   "parent_params": scene_params(parent.kind, parent.params)}
         intake.check_refine(self.store.folder(job_id), params)
-        return self.submit("refine", params, self.store.input_bytes(job_id), parent=job_id)
+        objects = intake.check_context(self.store.folder(job_id), context or [])
+        params["context"] = [obj.summary() for obj in objects]
+        inputs = self.store.scene_inputs(job_id)
+        if objects:
+            inputs["context"] = context_to_npz(objects)
+        return self.submit("refine", params, inputs, parent=job_id)
 
     def submit_build(self, job_id: str) -> JobRecord:
         """A child of finished layout job ``job_id`` that makes its meshes (stage 2) without running stage 1."""
         parent = self.require_finished(job_id, SCENE_KINDS)
         intake.check_build(read_manifest(self.store.folder(job_id)), job_id)
         return self.submit("build", {"parent_params": scene_params(parent.kind, parent.params)},
-                           self.store.input_bytes(job_id), parent=job_id)
+                           self.store.scene_inputs(job_id), parent=job_id)
 
     def submit_variants(self, job_id: str, label: int, count: int, seeds: list[int] | None) -> JobRecord:
         """A child of finished mesh scene job ``job_id`` making ``count`` candidates of instance ``label`` together,
@@ -211,7 +219,7 @@ class JobService:
         intake.check_variants(read_manifest(self.store.folder(job_id)), label, count, seeds, job_id)
         params = {"label": label, "seeds": list(seeds) if seeds is not None else random_variant_seeds(count),
                   "parent_params": scene_params(parent.kind, parent.params)}
-        return self.submit("variants", params, self.store.input_bytes(job_id), parent=job_id)
+        return self.submit("variants", params, self.store.scene_inputs(job_id), parent=job_id)
 
     def _enqueue(self, record: JobRecord) -> None:
         self._units[record.id] = self._job_units(record)

@@ -1,6 +1,6 @@
 """Every job in its own folder under ``<data dir>/jobs/<id>/``: ``job.json`` (the record), ``inputs/`` (the
-uploaded image and label map — a segment job has only the image —, stored under fixed names), and the files the
-job produced.
+uploaded image and label map — a segment job has only the image, a refine may add its context objects —, stored
+under fixed names), and the files the job produced.
 
 Records are rewritten atomically, so a crash never leaves a half-written ``job.json``. After a restart,
 finished jobs are listed and downloadable as before, queued jobs are queued again, and jobs that were running
@@ -36,7 +36,8 @@ FINISHED = (SUCCEEDED, FAILED, CANCELLED)
 STATES = (QUEUED, RUNNING, *FINISHED)
 KINDS = ("generate", "regenerate", "refine", "build", "variants", "segment")
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
-INPUT_NAMES = ("image", "labels")
+SCENE_INPUTS = ("image", "labels")  # what a scene is made from: every child job of a scene gets them
+INPUT_NAMES = (*SCENE_INPUTS, "context")  # context: a refine's own context objects (engine/refine/context.py)
 RECORD = "job.json"
 PROBE = ".write-probe"
 PROBE_INTERVAL_S = 1.0  # at most one probe write a second while the disk cannot be written
@@ -177,6 +178,11 @@ class JobStore:
     def input_bytes(self, job_id: str) -> dict[str, bytes]:
         folder = self.folder(job_id) / "inputs"
         return {name: (folder / name).read_bytes() for name in INPUT_NAMES if (folder / name).is_file()}
+
+    def scene_inputs(self, job_id: str) -> dict[str, bytes]:
+        """The inputs of job ``job_id`` that its child jobs inherit: the image and label map (a refine's context
+        objects are its own)."""
+        return {name: data for name, data in self.input_bytes(job_id).items() if name in SCENE_INPUTS}
 
     def update(self, job_id: str, **changes) -> JobRecord:
         """Apply ``changes`` and save the record. When the disk cannot take it the change still holds in memory

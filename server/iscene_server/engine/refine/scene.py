@@ -11,12 +11,17 @@ Stage 2 then rebuilds the refined instances. Locked instances are left exactly a
   ``strength = 1`` starts from pure noise (a fresh generation of the edited view). An unlocked instance that the
   edit hides completely (behind another object, or out of view) cannot be re-sampled from its image: it keeps its
   moved occupancy, as with strength 0, and the manifest says so.
+
+Context objects (:mod:`.context`, the artist's own meshes) take part in a re-sampling refine like locked
+instances that are not instances: they are rendered into the edited view (so they occlude and appear in the scene
+slot) with label ids after the parent's, and their cells join the clean scene occupancy stage 1 starts from; they
+are never planned, re-sampled or written out.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +44,7 @@ from ..progress import ProgressTracker
 from ..results import STRUCTURE_NPZ, is_layout
 from ..stage1 import InstanceStructure, SceneStructure
 from ..timing import Timer
+from .context import ContextObject
 
 REFINE_PLAN = relative_plan(("preprocess", "condition", "stage1", "decode", "stage2", "meshes"))
 SUPERSAMPLE = 3  # stage-1 occupancies are surface shells: 3^3 probes per cell keep them closed and their size
@@ -50,6 +56,7 @@ class RefineEdit:
     locked: set[int]
     strength: float
     seed: int
+    context: list[ContextObject] = field(default_factory=list)  # fixed meshes the refine arranges around
 
 
 @dataclass
@@ -60,6 +67,7 @@ class RefinePlan:
     resample: list[int] = field(default_factory=list)
     rebuild_only: list[int] = field(default_factory=list)
     hidden: list[int] = field(default_factory=list)
+    context_pixels: list[int] | None = None  # per context object, its pixels in the edited view; None: not used
 
     @property
     def changed(self) -> list[int]:
@@ -83,6 +91,15 @@ class ParentScene:
         with np.load(self.folder / STRUCTURE_NPZ) as arrays:
             return {label: arrays[f"coords_{label}"] for label in self.labels}
 
+    def occupancy(self) -> np.ndarray:
+        """Every cell an instance of the scene occupies, ``[K, 3]``."""
+        return union(list(self.coords().values()))
+
+    def context_labels(self, count: int) -> list[int]:
+        """The ids ``count`` context objects are rendered with: after the scene's own labels."""
+        first = max(self.labels, default=0) + 1
+        return list(range(first, first + count))
+
     def require_camera(self) -> None:
         """Raise the user's error when the scene has no solved camera to re-render an edit from."""
         if not self.manifest.get("camera"):
@@ -103,8 +120,9 @@ class ParentScene:
 
 
 def check_edit(parent: ParentScene, transforms: dict[int, list], locked: list[int], strength: float,
-               seed: int) -> RefineEdit:
-    """Validate the artist's edit against the parent scene; errors name the label and the problem."""
+               seed: int, context: Sequence[ContextObject] = ()) -> RefineEdit:
+    """Validate the artist's edit against the parent scene; errors name the label and the problem. ``context``:
+    the refine's context objects, already checked (:func:`.context.decode_context`)."""
     unknown = sorted((set(transforms) | set(locked)) - set(parent.labels))
     if unknown:
         raise InputError(f"the scene has no instance {', '.join(map(str, unknown))}",
@@ -119,7 +137,7 @@ def check_edit(parent: ParentScene, transforms: dict[int, list], locked: list[in
                              ) from exc
     if not 0.0 <= strength <= 1.0:
         raise InputError(f"strength {strength} is outside [0, 1]", "0 keeps the moved shapes, 1 re-generates")
-    return RefineEdit(matrices, set(locked), float(strength), int(seed))
+    return RefineEdit(matrices, set(locked), float(strength), int(seed), list(context))
 
 
 def plan_refine(parent: ParentScene, edit: RefineEdit, visible: set[int] | None,
@@ -162,12 +180,15 @@ def check_refinable(parent: ParentScene, edit: RefineEdit) -> None:
 
 
 def render_edit(parent: ParentScene, edit: RefineEdit, check: Callable[[], None] = no_check) -> SceneInput | None:
-    """The edited arrangement of the parent's meshes, seen from its camera, as a new scene input."""
+    """The edited arrangement of the parent's meshes, and the context objects (their ids:
+    :meth:`ParentScene.context_labels`), seen from its camera, as a new scene input."""
     camera = parent.camera()
     meshes = []
     for label in parent.labels:
         check()
         meshes.append(parent.render_mesh(label, None if label in edit.locked else edit.transforms.get(label)))
+    for obj, label in zip(edit.context, parent.context_labels(len(edit.context)), strict=True):
+        meshes.append(RenderMesh(obj.vertices, obj.faces, obj.colors, label))
     rendering = render_instances([m for m in meshes if m is not None], camera, check=check)
     if not (rendering.ids > 0).any():
         return None
@@ -215,8 +236,11 @@ class Refiner:
         check = progress.check_cancelled
         progress.begin("preprocess")
         edited = render_edit(parent, edit, check) if edit.strength > 0 else None
-        visible = None if edit.strength == 0 else set(edited.label_ids) if edited else set()
+        visible = None if edit.strength == 0 else set(edited.label_ids) & set(parent.labels) if edited else set()
         plan = plan_refine(parent, edit, visible, check)
+        if edited is not None and plan.resample:  # stage 1 runs with the context objects in view and occupancy
+            plan.context_pixels = [int(np.count_nonzero(edited.ids == label))
+                                   for label in parent.context_labels(len(edit.context))]
         original_slots = build_slots(original, self.pipeline.package.exp_setting, plan.changed, parent.frame, check)
         timer.lap("preprocess")
 
@@ -260,7 +284,8 @@ class Refiner:
         cond.update({label: instance_cond[i, 0] for i, label in enumerate(slots.label_ids)})
         clean_own = self._encode([plan.coords[label] for label in slots.label_ids], check)
         clean_own = clean_own[:, None].expand(-1, instance_cond.shape[1], -1, -1, -1, -1)
-        clean_scene = self._encode([union(list(plan.coords.values()))], check)[0]
+        fixed = [obj.coords for obj in edit.context]  # context objects: part of the scene, as locked instances
+        clean_scene = self._encode([union([*plan.coords.values(), *fixed])], check)[0]
         timer.lap("condition")
 
         seeds = [edit.seed] * len(slots.label_ids)
