@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...errors import InputError
+from ...geometry.affine import check_affine
 from ...geometry.checks import no_check
 from ...geometry.gltf_scene import GltfError, read_scene_mesh
 from ...geometry.mesh_voxels import voxelise_mesh
@@ -86,23 +87,6 @@ def check_names(entries: Sequence[Mapping]) -> None:
         seen.add(name)
 
 
-def check_transform(value) -> np.ndarray:
-    """``value`` as a float64 ``[4, 4]`` affine matrix, else ``ValueError``. Unlike an edit's matrix
-    (:func:`~iscene_server.geometry.affine.check_matrix`) its scale is not bounded: a context object comes in its
-    own units (an import in centimetres, a scaled object); its transformed bounds are checked instead."""
-    try:
-        m = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ValueError("it must be a 4x4 matrix: 4 rows of 4 numbers") from None
-    if m.shape != (4, 4):
-        raise ValueError(f"it must be a 4x4 matrix, got shape {m.shape}")
-    if not np.isfinite(m).all():
-        raise ValueError("it contains NaN or infinite values")
-    if not np.allclose(m[3], [0.0, 0.0, 0.0, 1.0], atol=1e-9):
-        raise ValueError(f"its last row must be [0, 0, 0, 1] (affine), got {m[3].tolist()}")
-    return m
-
-
 def _too_big(name: str, size: int) -> InputError:
     return _refused(name, f"is a {size / 2 ** 20:.1f} MiB GLB, over the limit of {MAX_CONTEXT_GLB_MB} MiB",
                     "decimate the mesh, remove its textures, or leave it out of the context")
@@ -131,7 +115,7 @@ def decode_object(entry: Mapping, hollow_around: np.ndarray, check: Callable[[],
     ``hollow_around``: the parent scene's occupied cells ``[K, 3]`` (an enclosure around them stays hollow)."""
     name = entry["name"]
     try:
-        matrix = check_transform(entry.get("transform"))
+        matrix = check_affine(entry.get("transform"))  # its own units: any scale; its bounds are checked below
     except ValueError as exc:
         raise _refused(name, f"has a transform that is not usable: {exc}", TRANSFORM_HINT) from None
     data = decode_glb(name, entry.get("glb"))
