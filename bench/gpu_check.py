@@ -17,7 +17,9 @@ the device (bench/random_models.py). In one process it then runs
    both run) under ``sdpa_kernel([FLASH_ATTENTION, EFFICIENT_ATTENTION])``, so the SDPA math path would raise,
    and under the profiler, which names the attention kernels that ran;
 4. the same stage 1 in the reference layout (a scene slot per instance, every slot decoded) for the ratio;
-5. ``iscene-server parity --device cuda --dtype float16|bfloat16`` on every parity vector.
+5. ``iscene-server parity --device cuda --dtype float16|bfloat16`` on every parity vector;
+6. the texture bake of one object (issue 17: 50k faces, 1024², from a ~1.3M-face mesh; on the host CPU, where
+   the clean-up workers run it while the GPU decodes the next objects), median of a few.
 
 It prints the block for bench/RESULTS.md and exits 1 if a check failed (the figures are printed either way).
 """
@@ -43,6 +45,7 @@ from progressive_bench import TARGET_RATIO, FirstLook, Look
 from random_models import build_generation_networks, random_pipeline
 from reference_layout import decode_every_slot, reference_stage1
 from scenes import synthetic_scene
+from texture_bench import bumpy_sphere
 
 from iscene_server.devices import DTYPES
 from iscene_server.engine.pipeline import GENERATE_PLAN, STAGE2_BATCH, GenerationRequest
@@ -50,6 +53,8 @@ from iscene_server.engine.preprocess import build_slots, load_scene
 from iscene_server.engine.progress import ProgressTracker
 from iscene_server.engine.results import SceneWriter
 from iscene_server.engine.stage1 import Stage1
+from iscene_server.geometry.postprocess import decimate
+from iscene_server.geometry.texture.bake import bake_texture
 from iscene_server.nn.attention import resolve_backend, xformers_available
 from iscene_server.parity.precision import NETWORK_ROUNDOFFS, SAMPLER_ROUNDOFFS, UNIT_ROUNDOFF
 
@@ -72,6 +77,20 @@ ATTENTION_OPS = {
     "aten::_efficient_attention_forward": "memory-efficient (varlen)",
 }
 MATH = "SDPA math"
+BAKE_REPEATS = 3
+
+
+@dataclass(frozen=True)
+class BakeSize:
+    """The object the bake is timed on: an icosphere of ``dense_subdivisions`` decimated to ``faces``."""
+
+    dense_subdivisions: int
+    faces: int
+    texture_size: int
+
+
+RELEASE_BAKE = BakeSize(dense_subdivisions=8, faces=50_000, texture_size=1024)  # ~1.3M faces, as at 256³
+TINY_BAKE = BakeSize(dense_subdivisions=5, faces=2_000, texture_size=512)
 
 
 @dataclass
@@ -91,6 +110,7 @@ class Settings:
     parity_files: list[Path]
     compile: bool
     memory_cap_gb: float
+    bake: BakeSize = RELEASE_BAKE
 
 
 @dataclass
@@ -144,7 +164,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         files = [PARITY_DIR / f"{case}.safetensors" for case in TINY_PARITY_CASES]
         return Settings(device, dtype, True, objects=2, peak_objects=3, steps=2, slat_steps=2, warmups=[1],
                         peak_steps=1, parity_dtypes=["float16", "bfloat16"] if half else ["float32"],
-                        parity_files=files, compile=not args.no_compile, memory_cap_gb=args.memory_cap_gb)
+                        parity_files=files, compile=not args.no_compile, memory_cap_gb=args.memory_cap_gb,
+                        bake=TINY_BAKE)
     return Settings(device, dtype, False, objects=6, peak_objects=8, steps=25, slat_steps=25, warmups=[5, 1],
                     peak_steps=5, parity_dtypes=["float16", "bfloat16"] if half else ["float32"],
                     parity_files=sorted(PARITY_DIR.glob("*.safetensors")), compile=not args.no_compile,
@@ -241,6 +262,18 @@ def run_parity(settings: Settings, dtype: str) -> ParityRun:
     return ParityRun(dtype, proc.returncode, lines, time.perf_counter() - start, error)
 
 
+def bake_seconds(size: BakeSize) -> float:
+    """Median wall time of ``bake_texture`` for one object of ``size`` (atlas, raster, closest points, fill)."""
+    dense = bumpy_sphere(size.dense_subdivisions)
+    mesh = decimate(dense, size.faces)
+    times = []
+    for _ in range(BAKE_REPEATS):
+        begun = time.perf_counter()
+        bake_texture(mesh, dense, size.texture_size)
+        times.append(time.perf_counter() - begun)
+    return sorted(times)[len(times) // 2]
+
+
 def machine_lines(settings: Settings, parameters: int) -> list[str]:
     device = settings.device
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
@@ -268,7 +301,7 @@ def memory_cell(peaks: StagePeaks, stage: str) -> str:
 
 def markdown_block(settings: Settings, machine: list[str], warmup_s: list[float], main: SceneRun,
                    peak: SceneRun, reference: dict[str, float], parity: list[ParityRun], failures: list[str],
-                   total_s: float) -> str:
+                   total_s: float, bake_s: float) -> str:
     s1, s2 = main.settings["stage1"], main.settings["stage2"]
     batches = math.ceil(main.objects / STAGE2_BATCH)
     date = datetime.now(timezone.utc).strftime("%Y-%m-%d")
@@ -288,7 +321,9 @@ def markdown_block(settings: Settings, machine: list[str], warmup_s: list[float]
             f"{main.timings['stage2'] / (s2['steps'] * batches):.4f} |",
             f"| main-thread stages (sum) | {main.serial_s():.3f} |",
             f"| wall (generate + export) | {main.wall_s:.3f} |",
-            f"| tail_s (last GPU decode -> export written) | {main.tail_s:.3f} |", "",
+            f"| tail_s (last GPU decode -> export written) | {main.tail_s:.3f} |",
+            f"| texture bake per object ({settings.bake.faces} faces, {settings.bake.texture_size}², host CPU, "
+            f"median of {BAKE_REPEATS}) | {bake_s:.3f} |", "",
             f"| time to first look ({main.objects} objects) | s |", "|---|---:|",
             f"| layout ready (stage 1 + camera) | {main.look.layout_s:.3f} |",
             f"| first object finished | {main.look.first_s:.3f} |",
@@ -394,9 +429,11 @@ def main() -> None:
     for dtype in settings.parity_dtypes:
         parity.append(run_parity(settings, dtype))
         log(f"parity {dtype}: rc {parity[-1].rc}, {parity[-1].seconds:.1f} s", started)
+    bake_s = bake_seconds(settings.bake)
+    log(f"texture bake: {bake_s:.2f} s per object", started)
     failures = check_failures(main_run, peak_run, parity, settings)
     print(markdown_block(settings, machine, warmup_s, main_run, peak_run, reference, parity, failures,
-                         time.perf_counter() - started))
+                         time.perf_counter() - started, bake_s))
     if args.json:
         args.json.write_text(json.dumps({
             "timings": main_run.timings, "wall_s": main_run.wall_s, "tail_s": main_run.tail_s,
@@ -406,7 +443,7 @@ def main() -> None:
             "peak_mb": {"allocated": main_run.peaks.allocated_mb, "reserved": main_run.peaks.reserved_mb},
             "peak_8_mb": {"allocated": peak_run.peaks.allocated_mb, "reserved": peak_run.peaks.reserved_mb},
             "attention": dict(peak_run.attention), "reference": reference,
-            "parity": {p.dtype: p.lines for p in parity}, "failures": failures}, indent=2))
+            "parity": {p.dtype: p.lines for p in parity}, "bake_s": bake_s, "failures": failures}, indent=2))
     sys.exit(1 if failures else 0)
 
 

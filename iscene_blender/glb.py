@@ -4,8 +4,9 @@ triangles, linear vertex colours, the UVs and base-colour PNG of a baked mesh, a
 A deliberate copy (the add-on imports nothing from the server) of the server's GLB reader,
 ``iscene_server/geometry/glb_reader.py`` (``read_glb``, ``read_instance_mesh``), and of its axis convention
 ``S_TO_GLTF`` in ``iscene_server/geometry/gltf.py``; unlike the original it also reads the normalised integer
-colours other glTF writers use, returns linear colours (white where a baked mesh has no ``COLOR_0``: the
-texture colours it) and the texture as its PNG bytes, for Blender to decode. ``tests/test_addon_copies.py`` checks
+colours other glTF writers use, returns linear colours (white where a mesh has no ``COLOR_0``; for a baked mesh
+the importer samples them from the texture once Blender has decoded it: :func:`png.texture_colours`) and the
+texture as its PNG bytes. ``tests/test_addon_copies.py`` checks
 that both read the same arrays from the same bytes and refuse the same broken files.
 """
 
@@ -34,6 +35,7 @@ class MeshArrays:
     extras: dict
     uvs: np.ndarray | None = None  # float32 [V, 2] glTF UVs (v down), with ``texture``
     texture: bytes | None = None  # the base-colour texture's PNG file, if the mesh is baked
+    vertex_colors: bool = True  # whether ``colors`` came from COLOR_0 (else they are white)
 
 
 def read_glb(data: bytes) -> tuple[dict, bytes]:
@@ -88,7 +90,7 @@ def read_mesh(data: bytes) -> MeshArrays:
     uvs = None
     if texture is not None:
         uvs = _accessor(document, binary, primitive["attributes"]["TEXCOORD_0"]).astype(np.float32)  # [V, 2]
-    return MeshArrays(vertices, faces, colors, extras, uvs, texture)
+    return MeshArrays(vertices, faces, colors, extras, uvs, texture, "COLOR_0" in primitive["attributes"])
 
 
 def _base_colour_png(document: dict, binary: bytes, material: int | None) -> bytes | None:

@@ -2,13 +2,14 @@
 
 A job becomes a collection holding a root empty (unscaled, at the 3D cursor: the scene's floor on the cursor,
 its width the Room Width; see :mod:`.frames`), one mesh object per instance in metres (named
-``<image>_<label name or id>``, origin at the bottom centre of its box, vertex colours, a material (Base Color
-from the baked texture, a packed image read through the UV map, or from the vertex colours of an untextured
-mesh) and object colour from the mean vertex colour so Solid shading shows the scene in colour, provenance in custom
-properties, see :mod:`.provenance`) and a camera that sees the scene as the model saw the image, with the image
-behind it. Meshes are built directly from the GLB arrays with ``foreach_set`` (faster than the glTF importer and
-free of its side effects on selection and collections; see bench/RESULTS.md). Regenerate and refine swap the
-mesh datablock of existing objects, so the objects and their edits survive.
+``<image>_<label name or id>``, origin at the bottom centre of its box, vertex colours (of a baked GLB without
+``COLOR_0``: its texture at each vertex's UV), a material (Base Color from the baked texture, a packed image read
+through the UV map, or from the vertex colours of an untextured mesh) and object colour from the mean vertex colour
+so Solid shading shows the scene in colour, provenance in custom properties, see :mod:`.provenance`; a baked scene
+switches Solid viewports left at Material colour to Texture colour) and a camera that sees the scene as the model
+saw the image, with the image behind it. Meshes are built directly from the GLB arrays with ``foreach_set``
+(faster than the glTF importer and free of its side effects on selection and collections; see bench/RESULTS.md).
+Regenerate and refine swap the mesh datablock of existing objects, so the objects and their edits survive.
 
 A layout (stage 1 only, or a job still running) arrives as *proxies*: the same objects, named and posed as the
 final ones, whose mesh is the instance's voxel proxy (``proxy_<label>.glb``, origin the manifest's ``origin``),
@@ -29,6 +30,7 @@ from mathutils import Matrix, Vector
 from . import frames, provenance
 from .glb import read_mesh
 from .jobs import result_file
+from .png import image_rows, texture_colours
 from .provenance import CAMERA, CANDIDATE_INDEX, CANDIDATE_OF, CANDIDATE_SEED, JOB, LABEL, OBJECT, PROXY, ROOT, SCENE
 
 MATERIAL = "I-Scene Vertex Colour"
@@ -117,16 +119,18 @@ def build_mesh(name: str, data: bytes, scale: float, origin=None) -> tuple[bpy.t
     mesh.polygons.foreach_set("loop_total", np.full(len(arrays.faces), 3, dtype=np.int32))
     mesh.polygons.foreach_set("use_smooth", np.ones(len(arrays.faces), dtype=bool))
     mesh.update(calc_edges=True)
-    colors = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
-    colors.data.foreach_set("color", arrays.colors.ravel())
-    mesh.color_attributes.active_color = colors
-    image = None
+    image, vertex_colours = None, arrays.colors  # [V, 4] linear RGBA
     if arrays.texture is not None:
         loop_uvs = arrays.uvs[arrays.faces.ravel()]  # [L, 2] glTF UVs, v down
         layer = mesh.uv_layers.new(name=UV_MAP)
         layer.data.foreach_set("uv", np.stack([loop_uvs[:, 0], 1.0 - loop_uvs[:, 1]], axis=1).ravel())  # v up
         image = texture_image(name, arrays.texture)
-    mean = tuple(float(v) for v in arrays.colors[:, :3].mean(0)) + (1.0,) if len(arrays.colors) else (1, 1, 1, 1)
+        if not arrays.vertex_colors:  # no COLOR_0 (it would multiply the texture): the texture at each vertex
+            vertex_colours = texture_colours(image_rows(image), arrays.uvs)
+    colors = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
+    colors.data.foreach_set("color", vertex_colours.ravel())
+    mesh.color_attributes.active_color = colors
+    mean = tuple(float(v) for v in vertex_colours[:, :3].mean(0)) + (1.0,) if len(vertex_colours) else (1, 1, 1, 1)
     return mesh, frames.translation(origin), mean, arrays.extras, image
 
 
@@ -270,7 +274,27 @@ def import_scene(scene: bpy.types.Scene, job_id: str, title: str, manifest: dict
             scene.render.resolution_x, scene.render.resolution_y = camera_settings["resolution"]
             scene.render.resolution_percentage = 100
     _select(scene, objects)
+    if any(e.get("file") and (e.get("texture") or {}).get("mode") == "baked" for e in manifest["instances"]):
+        show_textures_in_solid_view()
     return root
+
+
+def view_3d_shadings() -> list:
+    """The shading settings of every 3D viewport: of the open windows' screens, or of every screen in the file
+    when there are no windows (background mode)."""
+    windows = bpy.context.window_manager.windows if bpy.context.window_manager else []
+    screens = [window.screen for window in windows] or list(bpy.data.screens)
+    return [space.shading for screen in screens for area in screen.areas if area.type == "VIEW_3D"
+            for space in area.spaces if space.type == "VIEW_3D"]
+
+
+def show_textures_in_solid_view() -> int:
+    """Solid viewports colouring by material (Blender's default) colour by texture instead, so a baked scene shows
+    its textures; a viewport whose colour the artist chose is left alone. Returns how many were switched."""
+    switched = [s for s in view_3d_shadings() if s.type == "SOLID" and s.color_type == "MATERIAL"]
+    for shading in switched:
+        shading.color_type = "TEXTURE"
+    return len(switched)
 
 
 def _select(scene, objects) -> None:

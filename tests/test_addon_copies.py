@@ -28,12 +28,13 @@ from iscene_server.api.security import is_loopback
 from iscene_server.engine import seeds
 from iscene_server.engine.preprocess.images import decode_label_map, open_image, to_rgb
 from iscene_server.engine.refine import context as refine_context
-from iscene_server.geometry.colour import linear_to_srgb
+from iscene_server.geometry.colour import linear_to_srgb, srgb_to_linear
 from iscene_server.geometry.glb_reader import read_glb, read_instance_mesh
 from iscene_server.geometry.glb_writer import ExportInstance, glb_bytes, merge_glb
 from iscene_server.geometry.gltf import S_TO_GLTF
 from iscene_server.geometry.gltf_scene import NEUTRAL_GREY, GltfError, read_scene_mesh
 from iscene_server.geometry.postprocess import ColoredMesh
+from iscene_server.geometry.texture.sampling import sample_bilinear
 from iscene_server.segment.prompts import SegmentPrompts, parse_prompts
 
 ADDON = Path(__file__).resolve().parents[1] / "iscene_blender"
@@ -125,6 +126,23 @@ def test_the_srgb_encodings_agree_on_the_whole_range():
     values = np.linspace(-0.1, 1.1, 2401)  # both clip outside [0, 1]
     assert np.allclose(addon_module("png").linear_to_srgb(values), linear_to_srgb(values), atol=1e-12)
     assert addon_module("png").linear_to_srgb(np.array([0.21404]))[0] == pytest.approx(0.5, abs=1e-5)
+    assert np.allclose(addon_module("png").srgb_to_linear(values), srgb_to_linear(values), atol=1e-12)
+    assert addon_module("png").srgb_to_linear(np.array([0.5]))[0] == pytest.approx(0.21404, abs=1e-5)
+
+
+# --- Texture sampling (iscene_server/geometry/texture/sampling.py) ------------------------------------------
+
+def test_both_bilinear_samplers_read_the_same_colours():
+    """The add-on samples Blender's decoded pixels (8-bit values / 255), the server the 8-bit texels."""
+    rng = np.random.default_rng(17)
+    texture = rng.integers(0, 256, (37, 64, 3), dtype=np.uint8)  # not square: rows and columns not swapped
+    uvs = np.concatenate([rng.uniform(-0.1, 1.1, (500, 2)), [[0, 0], [1, 1], [0.5 / 64, 0.5 / 37]]])
+    addon = addon_module("png").sample_bilinear(texture / 255.0, uvs)
+    assert np.allclose(addon, sample_bilinear(texture, uvs), atol=1e-12)
+    assert np.allclose(addon[-1], texture[0, 0] / 255.0), "a texel centre reads that texel"
+    colours = addon_module("png").texture_colours(texture / 255.0, uvs)
+    assert colours.shape == (len(uvs), 4) and (colours[:, 3] == 1).all()
+    assert np.allclose(colours[:, :3], srgb_to_linear(sample_bilinear(texture, uvs)), atol=1e-6)
 
 
 # --- PNG files and label-map ids (iscene_server/engine/preprocess/images.py) --------------------------------

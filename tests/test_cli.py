@@ -34,13 +34,14 @@ def readme_demo_commands() -> list[list[str]]:
 
 
 def meshes_of(glb: bytes) -> list[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """(label, positions, colours, indices) of every node of a GLB, in node order."""
+    """(label, positions, UVs, indices) of every node of a GLB (baked: no COLOR_0 by default), in node order."""
     gltf, binary = read_glb(glb)
     meshes = []
     for node in gltf["nodes"]:
         primitive = gltf["meshes"][node["mesh"]]["primitives"][0]
         meshes.append((node["extras"]["label"],
-                       *(read_accessor(gltf, binary, primitive["attributes"][key]) for key in ("POSITION", "COLOR_0")),
+                       *(read_accessor(gltf, binary, primitive["attributes"][key])
+                         for key in ("POSITION", "TEXCOORD_0")),
                        read_accessor(gltf, binary, primitive["indices"])))
     return meshes
 
@@ -70,10 +71,10 @@ def test_readme_demo_on_the_example_render(tmp_path):
     assert [mesh[0] for mesh in whole_scene] == labels
     for entry, in_scene in zip(manifest["instances"], whole_scene, strict=True):
         assert entry["file"] == f"instance_{entry['label']}.glb"
-        (label, positions, colours, indices), = meshes_of((out / entry["file"]).read_bytes())
+        (label, positions, uvs, indices), = meshes_of((out / entry["file"]).read_bytes())
         assert label == entry["label"] and len(indices) == 3 * entry["faces"] > 0
-        assert len(positions) == len(colours) == entry["vertices"]
-        for ours, theirs in zip((positions, colours, indices), in_scene[1:], strict=True):
+        assert len(positions) == len(uvs) == entry["vertices"]
+        for ours, theirs in zip((positions, uvs, indices), in_scene[1:], strict=True):
             assert np.array_equal(ours, theirs), f"scene.glb holds instance {label}'s geometry byte for byte"
 
 

@@ -50,18 +50,25 @@ def meshes():
     return dense, bake_texture(decimate(dense, 600), dense, 512)
 
 
+def attributes_of(path: Path) -> dict:
+    """The vertex attributes of the first primitive of the GLB at ``path``."""
+    return read_glb(path.read_bytes())[0]["meshes"][0]["primitives"][0]["attributes"]
+
+
 def test_every_kind_of_written_glb_passes_the_validator(tmp_path, meshes):
     dense, baked = meshes
     coords = np.argwhere(np.ones((4, 4, 4), bool)) + 30
     files = [
-        write_instance_glb(tmp_path / "instance_1.glb", baked, label=1, seed=1, model_ids=MODELS),
+        write_instance_glb(tmp_path / "instance_1.glb", baked, label=1, seed=1, model_ids=MODELS),  # no COLOR_0
         write_instance_glb(tmp_path / "instance_2.glb", baked, label=2, seed=2, model_ids=MODELS,
-                           vertex_colors=False),
+                           vertex_colors=True),
         write_instance_glb(tmp_path / "instance_3.glb", dense, label=3, seed=3, model_ids=MODELS),
         write_instance_glb(tmp_path / "proxy_4.glb", proxy_mesh(coords), label=4, seed=4, model_ids=MODELS,
                            extras={"proxy": True}, normals=False),
     ]
     scene = write_scene_glb(tmp_path / "scene.glb", files[:3])
+    colour_sets = [attributes_of(path) for path in files[:3]]
+    assert ["COLOR_0" in attributes for attributes in colour_sets] == [False, True, True]
     assert_valid([*files, scene])
 
 

@@ -65,6 +65,8 @@ def test_the_tiny_check_passes_and_prints_every_stage(tiny_check):
     assert 0 <= times["tail_s (last GPU decode -> export written)"] <= wall
     assert times["stage 1"] > 0 and times["stage 2"] > 0 and times["mesh decoder"] > 0 and times["FlexiCubes"] > 0
     assert abs(figures["wall_s"] - wall) < 1e-3 and all(v > 0 for v in figures["voxels"])
+    bake = next(name for name in rows if name.startswith("texture bake per object"))
+    assert float(rows[bake][0]) > 0 and abs(figures["bake_s"] - float(rows[bake][0])) < 1e-3
 
 
 def test_the_time_to_first_look_is_in_order_and_within_the_scene(tiny_check):

@@ -63,7 +63,8 @@ def test_manifest_matches_the_files(scene_dir):
         (mesh,) = trimesh.load(scene_dir / entry["file"], process=False).geometry.values()
         assert (len(mesh.vertices), len(mesh.faces)) == (entry["vertices"], entry["faces"])
         assert 0 < entry["faces"] <= 4000 < entry["extracted_faces"]
-        assert mesh.visual.vertex_attributes["color"].shape[0] == entry["vertices"]
+        assert entry["texture"]["mode"] == "baked" and mesh.visual.uv.shape == (entry["vertices"], 2)  # textured
+        assert "color" not in mesh.visual.vertex_attributes  # no COLOR_0 over the texture by default
         vertices_s = np.asarray(mesh.vertices) @ np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]])  # glTF y-up -> S
         np.testing.assert_allclose(vertices_s.min(0), entry["bbox"]["min"], atol=1e-5)
         np.testing.assert_allclose(vertices_s.max(0), entry["bbox"]["max"], atol=1e-5)

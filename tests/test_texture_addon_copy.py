@@ -29,13 +29,20 @@ def addon_glb():
     return module
 
 
+def addon_glb_png():
+    spec = importlib.util.spec_from_file_location("addon_png_copy", ADDON_GLB.with_name("png.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_both_readers_read_the_same_uvs_and_texture():
     sphere = trimesh.creation.icosphere(subdivisions=3, radius=0.3)
     dense = ColoredMesh(sphere.vertices, sphere.faces, np.clip(sphere.vertices + 0.5, 0, 1))
     baked = bake_texture(decimate(dense, 300), dense, 512)
     glb = addon_glb()
-    with_colours = glb_bytes([ExportInstance(baked, 1, 1, {})])
-    without = glb_bytes([ExportInstance(baked, 2, 1, {})], vertex_colors=False)
+    with_colours = glb_bytes([ExportInstance(baked, 1, 1, {})], vertex_colors=True)
+    without = glb_bytes([ExportInstance(baked, 2, 1, {})])  # the default: no COLOR_0 on a baked mesh
     for data in (with_colours, without, merge_glb([with_colours, without])):
         server, addon = read_instance_mesh(data), glb.read_mesh(data)
         assert np.array_equal(addon.uvs, server.uvs) and np.array_equal(server.uvs, baked.uvs)
@@ -45,8 +52,12 @@ def test_both_readers_read_the_same_uvs_and_texture():
     server, addon = read_instance_mesh(with_colours), glb.read_mesh(with_colours)
     assert np.allclose(linear_to_srgb(addon.colors[:, :3]), server.colors, atol=1e-6)
     server, addon = read_instance_mesh(without), glb.read_mesh(without)
-    assert (addon.colors == 1).all(), "no COLOR_0: white, the texture colours the mesh"
+    assert (addon.colors == 1).all() and not addon.vertex_colors, "no COLOR_0: white until sampled from the texture"
     assert np.abs(server.colors - baked.colors).mean() < 0.02, "the server reads colours from the texture"
+    with Image.open(io.BytesIO(addon.texture)) as png:  # Blender's decoding of the packed image, in [0, 1]
+        decoded = np.asarray(png.convert("RGB")) / 255.0
+    sampled = addon_glb_png().texture_colours(decoded, addon.uvs)  # [V, 4] linear, what the importer uses
+    assert np.allclose(linear_to_srgb(sampled[:, :3]), server.colors, atol=1e-6), "both sample the same colours"
 
 
 def test_an_untextured_mesh_has_no_uvs_in_either_reader():

@@ -1,11 +1,12 @@
 """Baked meshes in the GLB files (issue 17): TEXCOORD_0, a material of their own whose base colour is the
-embedded sRGB PNG, COLOR_0 kept or dropped, scene.glb merging, reading back; the texture settings on the engine
+embedded sRGB PNG, no COLOR_0 unless asked for, scene.glb merging, reading back; the texture settings on the engine
 request, the API and the CLI."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -24,7 +25,8 @@ from iscene_server.geometry.glb_writer import ExportInstance, glb_bytes, merge_g
 from iscene_server.geometry.gltf import CLAMP_TO_EDGE, LINEAR, LINEAR_MIPMAP_LINEAR
 from iscene_server.geometry.postprocess import ColoredMesh, decimate
 from iscene_server.geometry.texture.bake import bake_texture
-from iscene_server.jobs.runner import request_from_params
+from iscene_server.jobs.json_fields import parse_json_field
+from iscene_server.jobs.runner import check_scene_params, request_from_params
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def embedded_png(gltf: dict, binary: bytes, material: int) -> bytes:
 def test_a_baked_instance_has_uvs_and_its_texture_material(baked):
     gltf, binary = read_glb(glb_bytes([ExportInstance(baked, 7, 1, {})]))
     primitive = gltf["meshes"][0]["primitives"][0]
-    assert set(primitive["attributes"]) == {"POSITION", "NORMAL", "COLOR_0", "TEXCOORD_0"}
+    assert set(primitive["attributes"]) == {"POSITION", "NORMAL", "TEXCOORD_0"}
     material = gltf["materials"][primitive["material"]]
     pbr = material["pbrMetallicRoughness"]
     assert pbr["metallicFactor"] == 0 and pbr["roughnessFactor"] == 1 and "baseColorFactor" not in pbr
@@ -58,18 +60,23 @@ def test_a_baked_instance_has_uvs_and_its_texture_material(baked):
         assert png.mode == "RGB" and np.array_equal(np.asarray(png), baked.texture)
     back = read_instance_mesh(glb_bytes([ExportInstance(baked, 7, 1, {})]))
     assert np.array_equal(back.uvs, baked.uvs) and np.array_equal(back.texture, baked.texture)
-    assert np.allclose(back.colors, baked.colors, atol=1e-6)
 
 
-def test_vertex_colours_can_be_dropped_and_are_then_read_from_the_texture(baked):
-    data = glb_bytes([ExportInstance(baked, 7, 1, {})], vertex_colors=False)
-    gltf, _ = read_glb(data)
-    assert "COLOR_0" not in gltf["meshes"][0]["primitives"][0]["attributes"]
+def attributes(data: bytes) -> dict:
+    return read_glb(data)[0]["meshes"][0]["primitives"][0]["attributes"]
+
+
+def test_a_baked_glb_has_no_vertex_colours_unless_asked_and_they_are_read_from_the_texture(baked):
+    """glTF multiplies COLOR_0 by the base-colour texture: a baked GLB leaves it out by default."""
+    data = glb_bytes([ExportInstance(baked, 7, 1, {})])
+    assert "COLOR_0" not in attributes(data) and "TEXCOORD_0" in attributes(data)
     back = read_instance_mesh(data)
     assert np.abs(back.colors - baked.colors).mean() < 0.02
+    kept = glb_bytes([ExportInstance(baked, 7, 1, {})], vertex_colors=True)
+    assert "COLOR_0" in attributes(kept)
+    assert np.allclose(read_instance_mesh(kept).colors, baked.colors, atol=1e-6)
     untextured = ColoredMesh(baked.vertices, baked.faces, baked.colors)
-    gltf, _ = read_glb(glb_bytes([ExportInstance(untextured, 7, 1, {})], vertex_colors=False))
-    assert "COLOR_0" in gltf["meshes"][0]["primitives"][0]["attributes"], "an untextured mesh keeps its colours"
+    assert "COLOR_0" in attributes(glb_bytes([ExportInstance(untextured, 7, 1, {})])), "unbaked keeps its colours"
 
 
 def test_the_scene_glb_keeps_each_instances_texture(baked):
@@ -119,9 +126,32 @@ def test_texture_settings_on_the_request_the_api_and_the_cli():
     assert (args.texture, args.texture_size) == ("vertex", 2048)
 
 
+def test_vertex_colours_setting_on_the_request_the_api_and_the_cli():
+    assert not GenerationRequest().keeps_vertex_colors and GenerationRequest(texture="vertex").keeps_vertex_colors
+    assert GenerationRequest(vertex_colors=True).keeps_vertex_colors
+    with pytest.raises(InputError, match="without colour") as error:
+        GenerationRequest(texture="vertex", vertex_colors=False)
+    assert 'texture "baked"' in error.value.hint
+    with pytest.raises(ValidationError, match="without colour"):
+        GenerationParams(texture="vertex", vertex_colors=False)
+    with pytest.raises(InputError, match=re.escape('leave vertex_colors unset (or true), or use texture "baked"')):
+        parse_json_field('{"texture": "vertex", "vertex_colors": false}', GenerationParams, "params", "{}")
+    params = GenerationParams(vertex_colors=True).model_dump()
+    assert request_from_params(params).keeps_vertex_colors
+    assert not request_from_params(GenerationParams().model_dump()).keeps_vertex_colors
+    with pytest.raises(InputError, match="vertex_colors 1 is not"):
+        check_scene_params({"vertex_colors": 1})
+    check_scene_params({"vertex_colors": False})
+    base = ["generate", "--model", "m", "--image", "i", "--labels", "l", "--out", "o"]
+    assert build_parser().parse_args(base).vertex_colors is None
+    assert build_parser().parse_args([*base, "--vertex-colors"]).vertex_colors is True
+    assert build_parser().parse_args([*base, "--no-vertex-colors"]).vertex_colors is False
+
+
 def test_the_manifest_entry_says_how_the_mesh_is_coloured(baked):
-    assert texture_entry(baked) == {"mode": "baked", "size": 512}
-    assert texture_entry(ColoredMesh(baked.vertices, baked.faces, baked.colors)) == {"mode": "vertex"}
+    assert texture_entry(baked, False) == {"mode": "baked", "size": 512, "vertex_colors": False}
+    assert texture_entry(baked, True) == {"mode": "baked", "size": 512, "vertex_colors": True}
+    assert texture_entry(ColoredMesh(baked.vertices, baked.faces, baked.colors), False) == {"mode": "vertex"}
 
 
 def test_the_clean_up_worker_bakes_from_the_mesh_before_decimation(baked):
@@ -137,8 +167,10 @@ def test_the_clean_up_worker_bakes_from_the_mesh_before_decimation(baked):
 def test_a_generate_job_writes_baked_instances_and_records_them(generated_scene):
     manifest = json.loads((generated_scene / "scene.json").read_text())
     for entry in manifest["instances"]:
-        assert entry["texture"] == {"mode": "baked", "size": 1024}
-        mesh = read_instance_mesh((generated_scene / entry["file"]).read_bytes())
+        assert entry["texture"] == {"mode": "baked", "size": 1024, "vertex_colors": False}
+        data = (generated_scene / entry["file"]).read_bytes()
+        assert "COLOR_0" not in attributes(data)
+        mesh = read_instance_mesh(data)
         assert mesh.textured and mesh.texture.shape == (1024, 1024, 3) and mesh.vertex_count == entry["vertices"]
     scene, _ = read_glb((generated_scene / "scene.glb").read_bytes())
     assert len(scene["textures"]) == len(manifest["instances"])

@@ -202,10 +202,12 @@ def test_a_candidate_is_the_regeneration_with_its_seed(server, undecimated_paren
     candidate = file_of(server, job_id, f"instance_{LABEL}_v2.glb")
     a, b = read_instance_mesh(one), read_instance_mesh(candidate)
     # per triangle corner: the UV atlas (and so the vertex split at its seams) may differ with 1e-6 changes of
-    # the vertices, the triangles and their colours may not
+    # the vertices, the triangles may not; their colours, read from textures baked on those atlases (the GLBs have
+    # no COLOR_0), agree to a few 8-bit levels
     assert a.face_count == b.face_count
     assert np.abs(a.vertices[a.faces] - b.vertices[b.faces]).max() <= 1e-5
-    assert np.abs(a.colors[a.faces] - b.colors[b.faces]).max() <= 1e-5
+    colour_error = np.abs(a.colors[a.faces] - b.colors[b.faces])  # [F, 3, 3]
+    assert colour_error.max() <= 8 / 255 and colour_error.mean() <= 0.5 / 255, (colour_error.max(), colour_error.mean())
     assert read_glb(one)[0]["nodes"] == read_glb(candidate)[0]["nodes"], "same name, label and seed in the extras"
     entry = next(e for e in server.get(f"/v1/jobs/{regenerated}/scene")["instances"] if e["label"] == LABEL)
     chosen = server.get(f"/v1/jobs/{job_id}/scene")["variants"]["candidates"][1]

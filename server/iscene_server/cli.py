@@ -119,7 +119,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         scene_box=tuple(parent["frame"]["crop_box"]) if regenerating else None, steps=args.steps,
         cfg_strength=args.cfg, slat_steps=args.slat_steps, slat_cfg_strength=args.slat_cfg,
         formats=tuple(args.formats), target_faces=args.target_faces, min_floater_fraction=args.min_floater,
-        mesh_grid=args.mesh_grid, texture=args.texture, texture_size=args.texture_size)
+        mesh_grid=args.mesh_grid, texture=args.texture, texture_size=args.texture_size,
+        vertex_colors=args.vertex_colors)
     pipeline = ScenePipeline.from_pretrained(args.model, args.device, args.dtype, compile=_compile_option(args))
     header = {"models": pipeline.package.model_ids(), "device": str(pipeline.device),
               "dtype": str(pipeline.models.dtype).removeprefix("torch."), "inputs": inputs}
@@ -316,10 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--mesh-grid", default="iscene", choices=["iscene", "trellis"],
                      help="FlexiCubes grid: iscene = the release's (res x5), trellis = res x4")
     gen.add_argument("--texture", default="baked", choices=TEXTURES,
-                     help="baked: a UV atlas and a base-colour texture baked from the full-resolution mesh (vertex "
-                          "colours kept too); vertex: vertex colours only")
+                     help="baked: a UV atlas and a base-colour texture baked from the full-resolution mesh; "
+                          "vertex: vertex colours only")
     gen.add_argument("--texture-size", type=int, default=DEFAULT_TEXTURE_SIZE,
                      help=f"texels per side of the baked texture ({MIN_TEXTURE_SIZE} to {MAX_TEXTURE_SIZE})")
+    gen.add_argument("--vertex-colors", action=argparse.BooleanOptionalAction, default=None,
+                     help="COLOR_0 in the GLBs (default: only with --texture vertex; glTF viewers multiply it with a "
+                          "texture, showing it darker)")
     gen.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, help="largest accepted image (pixels)")
     _add_revision_option(gen)
     _add_runtime_options(gen)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..engine.pipeline import DEFAULT_TEXTURE_SIZE, MAX_TEXTURE_SIZE, MIN_TEXTURE_SIZE
 from ..engine.refine.context import (
@@ -41,13 +41,22 @@ class GenerationParams(StrictModel):
     min_floater: float = Field(0.02, ge=0, le=1, description="drop mesh parts smaller than this fraction")
     mesh_grid: Literal["iscene", "trellis"] = "iscene"
     texture: Literal["baked", "vertex"] = Field("baked", description="a baked base-colour texture (UV atlas, PNG "
-                                                "in the GLB; vertex colours kept too), or vertex colours only")
+                                                "in the GLB), or vertex colours only")
+    vertex_colors: bool | None = Field(None, description="COLOR_0 in the GLBs (default: only with texture vertex; "
+                                       "next to a texture, glTF viewers multiply the two and show it darker)")
     texture_size: int = Field(DEFAULT_TEXTURE_SIZE, ge=MIN_TEXTURE_SIZE, le=MAX_TEXTURE_SIZE,
                               description="texels per side of the baked texture")
     until: Literal["meshes", "layout"] = Field("meshes", description="the last result: meshes, or only the layout "
                                                "(stage 1: proxies and camera; POST /v1/jobs/{id}/build adds meshes)")
     name: str | None = Field(None, max_length=200, description="what job lists call the scene, e.g. the image's "
                              "file name (not used by the model)")
+
+    @model_validator(mode="after")
+    def _some_colour(self):
+        if self.texture == "vertex" and self.vertex_colors is False:
+            raise ValueError('texture "vertex" with vertex_colors false leaves the objects without colour: leave '
+                             'vertex_colors unset (or true), or use texture "baked"')
+        return self
 
 
 class RegenerateBody(StrictModel):

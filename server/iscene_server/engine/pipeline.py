@@ -73,6 +73,7 @@ class GenerationRequest(Stage1Request):
     mesh_grid: str = "iscene"
     texture: str = "baked"
     texture_size: int = DEFAULT_TEXTURE_SIZE
+    vertex_colors: bool | None = None  # COLOR_0 in the GLBs; None: only with texture "vertex" (it multiplies a texture)
 
     def __post_init__(self):
         unknown = sorted(set(self.formats) - set(FORMATS))
@@ -86,6 +87,14 @@ class GenerationRequest(Stage1Request):
         if not MIN_TEXTURE_SIZE <= self.texture_size <= MAX_TEXTURE_SIZE:
             raise InputError(f"texture size {self.texture_size} is out of range",
                              f"use {MIN_TEXTURE_SIZE} to {MAX_TEXTURE_SIZE} texels (default {DEFAULT_TEXTURE_SIZE})")
+        if self.texture == "vertex" and self.vertex_colors is False:
+            raise InputError("texture \"vertex\" with vertex colours off leaves the objects without colour",
+                             "keep vertex colours (leave vertex_colors unset), or use texture \"baked\"")
+
+    @property
+    def keeps_vertex_colors(self) -> bool:
+        """Whether the GLBs carry ``COLOR_0``: as asked, else only when they have no texture to multiply."""
+        return self.texture == "vertex" if self.vertex_colors is None else self.vertex_colors
 
     @property
     def baked_texture_size(self) -> int | None:
@@ -99,6 +108,7 @@ class InstanceResult:
     mesh: ColoredMesh | None
     gaussians: GaussianCloud | None
     extracted_faces: int  # before clean-up and decimation
+    vertex_colors: bool = False  # its GLB keeps COLOR_0 next to a baked texture (GenerationRequest.keeps_vertex_colors)
 
     @property
     def label(self) -> int:
@@ -355,7 +365,7 @@ class ScenePipeline:
                                       params.opacity.cpu().numpy(), params.scaling.cpu().numpy(),
                                       params.rotation.cpu().numpy())
             timer.lap("gaussian_decode")
-        return InstanceResult(inst, None, gaussians, extracted), raw
+        return InstanceResult(inst, None, gaussians, extracted, request.keeps_vertex_colors), raw
 
 
 def _offset_steps(progress: ProgressTracker, done: int, on_step: Callable[[], None] | None = None) -> StepCallback:

@@ -42,9 +42,12 @@ STRUCTURE_NPZ = "structure.npz"
 CANDIDATE_FIELDS = ("seed", "file", "vertices", "faces", "bbox", "voxels", "extracted_faces", "texture", "ply")
 
 
-def texture_entry(mesh: ColoredMesh) -> dict:
-    """How an instance's GLB is coloured: ``{"mode": "baked", "size": texels}`` or ``{"mode": "vertex"}``."""
-    return {"mode": "baked", "size": int(mesh.texture.shape[0])} if mesh.textured else {"mode": "vertex"}
+def texture_entry(mesh: ColoredMesh, vertex_colors: bool) -> dict:
+    """How an instance's GLB is coloured: ``{"mode": "baked", "size": texels, "vertex_colors": COLOR_0 kept}`` or
+    ``{"mode": "vertex"}``."""
+    if not mesh.textured:
+        return {"mode": "vertex"}
+    return {"mode": "baked", "size": int(mesh.texture.shape[0]), "vertex_colors": bool(vertex_colors)}
 
 
 def candidate_name(label: int, index: int) -> str:
@@ -254,10 +257,10 @@ class SceneWriter:
             (self.folder / stale).unlink(missing_ok=True)
         if inst.mesh is not None:
             write_instance_glb(self.folder / f"{name}.glb", inst.mesh, label=inst.label, seed=structure.seed,
-                               model_ids=self.header["models"])
+                               model_ids=self.header["models"], vertex_colors=inst.vertex_colors)
             bounds = bounds_and_origin(inst.mesh.vertices)
             entry.update(file=f"{name}.glb", vertices=inst.mesh.vertex_count, faces=inst.mesh.face_count,
-                         bbox=bounds.to_dict(), texture=texture_entry(inst.mesh))
+                         bbox=bounds.to_dict(), texture=texture_entry(inst.mesh, inst.vertex_colors))
         if inst.gaussians is not None:
             write_gaussian_ply(self.folder / f"{name}.ply", inst.gaussians)
             entry["ply"] = f"{name}.ply"

@@ -5,9 +5,9 @@ material and byte-identical output for identical input, all of which are a few l
 format. Output bytes depend only on the arguments. Frames: see :mod:`.gltf`.
 
 A baked mesh (:attr:`ColoredMesh.textured`) gets ``TEXCOORD_0`` and a material of its own whose
-``baseColorTexture`` is its texture, embedded as a PNG; its vertex colours stay as ``COLOR_0`` unless
-``vertex_colors=False`` (glTF multiplies the two, so viewers that honour ``COLOR_0`` on a textured mesh show it
-darker; the server's and the add-on's readers use ``COLOR_0`` where present and the texture otherwise).
+``baseColorTexture`` is its texture, embedded as a PNG, and no ``COLOR_0`` unless ``vertex_colors=True`` (glTF
+multiplies the two, so viewers that honour ``COLOR_0`` on a textured mesh show it darker); the server's and the
+add-on's readers then take the vertex colours from the texture at the UVs. An unbaked mesh always has ``COLOR_0``.
 """
 
 from __future__ import annotations
@@ -172,9 +172,9 @@ class GlbBuilder:
             materials.append(material)
         return materials.index(material)
 
-    def add_instance(self, instance: ExportInstance, normals: bool, vertex_colors: bool = True) -> None:
+    def add_instance(self, instance: ExportInstance, normals: bool, vertex_colors: bool = False) -> None:
         """One node and mesh; a baked mesh gets its texture material, any other the shared vertex-colour one.
-        ``vertex_colors=False`` leaves ``COLOR_0`` out of a baked mesh (an unbaked one always has it)."""
+        ``vertex_colors=True`` keeps ``COLOR_0`` on a baked mesh too (an unbaked one always has it)."""
         mesh, name = instance.mesh, instance_name(instance.label)
         if mesh.face_count == 0:
             raise ValueError(f"{name} has no faces; glTF accessors cannot be empty")
@@ -220,7 +220,7 @@ class GlbBuilder:
         ])
 
 
-def glb_bytes(instances: Sequence[ExportInstance], *, normals: bool = True, vertex_colors: bool = True) -> bytes:
+def glb_bytes(instances: Sequence[ExportInstance], *, normals: bool = True, vertex_colors: bool = False) -> bytes:
     """A GLB with one node (and mesh) per instance, in the given order, all in one frame."""
     builder = GlbBuilder()
     for instance in instances:
@@ -230,7 +230,7 @@ def glb_bytes(instances: Sequence[ExportInstance], *, normals: bool = True, vert
 
 def write_instance_glb(path: str | Path, mesh: ColoredMesh, *, label: int, seed: int,
                        model_ids: Mapping[str, str], extras: Mapping[str, Any] | None = None,
-                       normals: bool = True, vertex_colors: bool = True) -> Path:
+                       normals: bool = True, vertex_colors: bool = False) -> Path:
     """Write one instance as a GLB: node and mesh ``instance_<label>``; extras label/seed/models/…"""
     instance = ExportInstance(mesh, label, seed, model_ids, extras or {})
     return write_atomic(path, glb_bytes([instance], normals=normals, vertex_colors=vertex_colors))

@@ -72,6 +72,8 @@ def check_scene_params(params) -> None:
     for name in NUMBERS:
         if params.get(name) is not None and not _is_number(params[name]):
             raise damaged_params(f"{name} {params[name]!r} is not a number")
+    if params.get("vertex_colors") not in (None, True, False) or type(params.get("vertex_colors")) is int:
+        raise damaged_params(f"vertex_colors {params['vertex_colors']!r} is not true, false or null")
     labels = params.get("labels")
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, int) for x in labels)):
         raise damaged_params(f"labels {labels!r} is not a list of label ids")
@@ -127,7 +129,8 @@ def request_from_params(params: dict, **overrides) -> GenerationRequest:
               "slat_cfg_strength": params.get("slat_cfg"), "formats": tuple(params.get("formats", ["mesh"])),
               "target_faces": target, "min_floater_fraction": params.get("min_floater", 0.02),
               "mesh_grid": params.get("mesh_grid", "iscene"), "texture": params.get("texture", "baked"),
-              "texture_size": params.get("texture_size") or DEFAULT_TEXTURE_SIZE}
+              "texture_size": params.get("texture_size") or DEFAULT_TEXTURE_SIZE,
+              "vertex_colors": params.get("vertex_colors")}
     return GenerationRequest(**{**fields, **overrides})
 
 
