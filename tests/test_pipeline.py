@@ -81,7 +81,7 @@ BLENDER = textwrap.dedent("""
     import json, sys, bpy
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.ops.import_scene.gltf(filepath=sys.argv[1])
-    print("RESULT" + json.dumps({o.name: {"colours": [a.name for a in o.data.color_attributes] + [u.name for u in o.data.uv_layers],
+    print("RESULT" + json.dumps({o.name: {"colours": [a.name for a in (*o.data.color_attributes, *o.data.uv_layers)],
                                            "faces": len(o.data.polygons), "label": o.get("label")}
                                  for o in bpy.data.objects}))
 """)
