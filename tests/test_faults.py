@@ -23,8 +23,8 @@ from server_process import ServerProcess, multipart
 
 from iscene_server.api.app import create_app
 from iscene_server.engine.pipeline import ScenePipeline
-from iscene_server.jobs import service as service_module
 from iscene_server.jobs.service import JobService, ServiceSettings
+from iscene_server.jobs.workers import models as worker_models
 
 
 @pytest.fixture
@@ -101,7 +101,7 @@ def test_the_whole_disk_full_then_space_returns(service, small_scene, tmp_path, 
     disk.heal()
     healthy_again(service, small_scene)
     assert on_disk(service, job.id)["state"] == "failed"
-    assert service._threads[1].is_alive()
+    assert all(thread.is_alive() for thread in service._threads)  # every worker still serves
 
 
 def test_a_requeued_job_with_damaged_params_fails_clearly(tiny_package, tmp_path, small_scene):
@@ -222,7 +222,7 @@ def test_loading_is_visible_in_health_and_jobs_wait_for_the_model(tiny_package, 
             assert release.wait(60)
             return ScenePipeline.from_pretrained(*args, **kwargs)
 
-    monkeypatch.setattr(service_module, "ScenePipeline", HeldPipeline)
+    monkeypatch.setattr(worker_models, "ScenePipeline", HeldPipeline)
     svc = JobService(settings(tiny_package, tmp_path))
     with TestClient(create_app(svc)) as client:
         assert opening.wait(60)

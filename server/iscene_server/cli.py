@@ -167,6 +167,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .api.app import create_app
     from .api.protocol import JsonErrorH11Protocol
     from .api.security import is_loopback
+    from .devices import parse_devices
     from .jobs.service import JobService, ServiceSettings
 
     token = args.token or os.environ.get("ISCENE_TOKEN") or None
@@ -174,13 +175,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ISceneError(f"refusing to listen on {args.host} without an access token",
                           "pass --token (or set ISCENE_TOKEN), or keep the default --host 127.0.0.1",
                           code="bad_input")
+    if args.devices and args.device != "auto":
+        raise ISceneError("--device and --devices were both given", "pass one device with --device, or several "
+                          "with --devices cuda:0,cuda:1", code="bad_input")
+    devices = parse_devices(args.devices) if args.devices else ()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = ServiceSettings(model=args.model, data_dir=Path(args.data_dir), device=args.device, dtype=args.dtype,
+    settings = ServiceSettings(model=args.model, data_dir=Path(args.data_dir), device=args.device, devices=devices,
+                               dtype=args.dtype,
                                max_queue=args.max_queue, job_timeout_s=args.job_timeout,
                                max_age_days=args.keep_days or None, max_store_gb=args.keep_gb or None,
                                segment_model=args.segment_model, compile=_compile_option(args))
+    workers = _ray_workers(args, settings)
     listener = _listen(args.host, args.port)
-    service = JobService(settings)
+    service = JobService(settings, workers=workers)
     app = create_app(service, token=token, max_upload_bytes=int(args.max_upload_mb * 2 ** 20),
                      max_pixels=args.max_pixels, max_decodes=args.max_decodes,
                      decode_memory_mb=args.decode_memory_mb)
@@ -192,6 +199,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with listener, contextlib.suppress(KeyboardInterrupt):  # uvicorn re-raises the Ctrl+C it shut down on
         server.run(sockets=[listener])
     return 0 if server.started else 1
+
+
+def _ray_workers(args: argparse.Namespace, settings) -> list | None:
+    """The Ray pool of ``--ray`` (None without it: the service's own workers on this machine)."""
+    if args.ray is None:
+        if args.ray_workers is not None:
+            raise ISceneError("--ray-workers needs --ray", "add --ray auto (or --ray ray://host:10001, --ray local)",
+                              code="bad_input")
+        return None
+    if settings.devices:
+        raise ISceneError("--ray and --devices were both given", "run jobs on this machine's devices with "
+                          "--devices, or on the Ray cluster's GPUs with --ray", code="bad_input")
+    from .jobs.workers.models import ModelSettings
+    from .jobs.workers.remote import ray_pool
+    from .segment.model import default_segment_model
+
+    models = ModelSettings(model=settings.model, device=settings.device, dtype=settings.dtype,
+                           segment_model=settings.segment_model or default_segment_model(settings.model),
+                           compile=settings.compile)
+    return ray_pool(args.ray, args.ray_workers, models)
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -349,6 +376,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--segment-model", default=None,
                      help=f"SAM for /v1/segment: Hugging Face repo id or folder (default: the --model folder's sam/ "
                           f"if it has one, else {DEFAULT_SEGMENT_MODEL}); loaded on the first segment job")
+    srv.add_argument("--ray", metavar="ADDRESS", default=None,
+                     help="run jobs on a Ray cluster's workers: auto (the cluster this machine joined), "
+                          "ray://host:10001, or local (a Ray on this machine); needs the [cluster] extra")
+    srv.add_argument("--ray-workers", type=int, default=None, metavar="N",
+                     help="Ray workers to start (default: one per GPU of the cluster)")
+    srv.add_argument("--devices", help="several devices, one worker (and one loaded model) each: cuda:0,cuda:1; "
+                                       "the next job goes to the first free one (default: the one --device)")
     _add_revision_option(srv)
     _add_runtime_options(srv)
     srv.set_defaults(func=cmd_serve)

@@ -212,6 +212,21 @@ class StorageHealth(BaseModel):
     error: ErrorBody | None = None
 
 
+class WorkerHealth(BaseModel):
+    """One worker: its device, its model's state, and the job it runs."""
+
+    name: str = Field(..., description="local-0, local-1, ... (--devices); ray-0, ... (--ray)")
+    device: str
+    dtype: str
+    state: Literal["loading", "ready", "error"]
+    message: str
+    error: ErrorBody | None
+    vram: dict | None
+    models: dict | None
+    segment_loaded: bool
+    job: str | None = Field(..., description="the job it runs, None when idle")
+
+
 class Health(BaseModel):
     service: Literal["iscene"]
     api: str
@@ -224,7 +239,9 @@ class Health(BaseModel):
     device: str
     dtype: str
     queue_length: int
-    running: str | None
+    running: str | None = Field(..., description="a running job (the first worker's); see running_jobs")
+    running_jobs: list[str] = Field(default_factory=list, description="every running job, one per busy worker")
+    workers: list[WorkerHealth] = Field(default_factory=list)
     vram: dict | None
     segment: SegmentHealth | None = None
     storage: StorageHealth | None = None

@@ -1,63 +1,41 @@
-"""The job service: loads the model in the background, runs jobs one at a time on one worker thread (the GPU
-is never shared), and answers status questions from the HTTP threads without ever waiting on the GPU."""
+"""The job service: the queue, the job store and the status of every job. Its workers (:mod:`.workers`) each
+load the model on their own device in the background and run one job at a time (a GPU is never shared); each has
+its own thread here, which takes the next job it can run. Status questions from the HTTP threads never wait on a
+GPU."""
 
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .. import __version__, segment
-from ..atomic import storage_error
-from ..devices import resolve_device
-from ..engine.eta import COSTS_FILE, StageCosts, device_key
-from ..engine.packages.layouts import PACKAGE_ROLES
-from ..engine.pipeline import ScenePipeline
-from ..engine.progress import ProgressTracker, ProgressUpdate
+from ..engine.eta import COSTS_FILE, StageCosts
+from ..engine.progress import ProgressUpdate
 from ..engine.refine.context import context_to_npz
 from ..engine.results import read_manifest
 from ..engine.seeds import random_seed
 from ..engine.variants import random_variant_seeds
 from ..errors import Cancelled, ISceneError, StateError, StorageError, UnavailableError
-from ..segment.model import SamSegmenter, default_segment_model
+from ..segment.model import default_segment_model
 from . import intake
 from .files import result_file
 from .publishing import Publisher, readiness
-from .runner import (
-    SEGMENTS_JSON,
-    check_stored_params,
-    cost_kind,
-    default_steps,
-    job_units,
-    run_build,
-    run_generate,
-    run_refine,
-    run_regenerate,
-    run_segment,
-    run_variants,
-    scene_params,
-    typical_units,
-)
+from .runner import SEGMENTS_JSON, cost_kind, job_units, scene_params, typical_units
 from .store import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, JobRecord, JobStore
+from .workers.base import JobRun, Worker
+from .workers.execute import PRIORITY_KINDS, SCENE_KINDS, unexpected_error
+from .workers.local import LocalWorker
+from .workers.models import ModelSettings
 
 log = logging.getLogger("iscene.jobs")
-
-# jobs that need the I-Scene model and make a scene
-SCENE_KINDS = ("generate", "regenerate", "refine", "build", "variants")
-# Scene jobs derived from a finished parent job: how each runs (they all take the parent's folder)
-CHILD_RUNNERS = {"regenerate": run_regenerate, "refine": run_refine, "build": run_build, "variants": run_variants}
-# Jobs that take seconds while an artist waits: they run before every queued scene job (FIFO among themselves),
-# and need neither the I-Scene model nor its loading to have finished.
-PRIORITY_KINDS = ("segment",)
+RECHECK_S = 1.0  # a waiting worker looks at the queue again this often (a replaced Ray actor loads unannounced)
 
 
 @dataclass
@@ -65,6 +43,7 @@ class ServiceSettings:
     model: str
     data_dir: Path
     device: str = "auto"
+    devices: tuple[str, ...] = ()  # one worker per device ("cuda:0", "cuda:1"); empty: one worker on ``device``
     dtype: str = "auto"
     max_queue: int = 32
     job_timeout_s: float = 3600.0
@@ -75,31 +54,31 @@ class ServiceSettings:
     clock: Callable[[], float] = time.monotonic  # what the job time limit is measured on (tests pass a fake one)
 
 
-@dataclass
-class ModelStatus:
-    state: str = "loading"  # loading | ready | error
-    message: str = "starting"
-    error: dict | None = None
-    pipeline: ScenePipeline | None = field(default=None, repr=False)
-
-
 class JobService:
-    def __init__(self, settings: ServiceSettings):
+    """``workers``: who runs the jobs (a Ray pool, :mod:`.workers.remote`); by default one :class:`LocalWorker`
+    per device of ``settings.devices`` (or the one ``settings.device``)."""
+
+    def __init__(self, settings: ServiceSettings, workers: Sequence[Worker] | None = None):
         self.settings = settings
         self.store = JobStore(settings.data_dir)
-        self.model = ModelStatus()
+        self.segment_model = settings.segment_model or default_segment_model(settings.model)
+        self.workers = list(workers) if workers is not None else self._local_workers()
+        if not self.workers or len({worker.name for worker in self.workers}) != len(self.workers):
+            raise ValueError("a job service needs at least one worker, each with its own name")
         self._queue: deque[str] = deque()
         self._wake = threading.Condition()
         self._cancel: dict[str, threading.Event] = {}
         self._live: dict[str, tuple[ProgressUpdate, float]] = {}  # the latest update and when it came
         self.costs = StageCosts(settings.data_dir / COSTS_FILE)
         self._units: dict[str, dict[str, float]] = {}  # units of work per stage of each queued or running job
-        self._running: str | None = None
+        self._running: dict[str, str] = {}  # worker name -> the job it runs
         self._stopping = False
         self._threads: list[threading.Thread] = []
-        self._model_ready = threading.Event()
-        self.segment_model = settings.segment_model or default_segment_model(settings.model)
-        self._segmenter = None  # built and loaded by the worker on the first segment job
+
+    def _local_workers(self) -> list[Worker]:
+        s = self.settings
+        return [LocalWorker(f"local-{index}", ModelSettings(s.model, device, s.dtype, self.segment_model, s.compile))
+                for index, device in enumerate(s.devices or (s.device,))]
 
     # --- life cycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -109,8 +88,12 @@ class JobService:
         if problem is not None:  # finished jobs stay readable; new jobs are refused until it is fixed
             log.error("%s: %s (finished jobs can still be read; new jobs are refused)", problem.message, problem.hint)
         self._prune()
-        for target, name in ((self._load_model, "iscene-model-loader"), (self._work, "iscene-worker")):
-            thread = threading.Thread(target=target, name=name, daemon=True)
+        for worker in self.workers:
+            worker.start()
+            threading.Thread(target=self._watch_loading, args=(worker,), name=f"iscene-loading-{worker.name}",
+                             daemon=True).start()
+            thread = threading.Thread(target=self._work, args=(worker,), name=f"iscene-worker-{worker.name}",
+                                      daemon=True)
             thread.start()
             self._threads.append(thread)
 
@@ -118,60 +101,58 @@ class JobService:
         self._stopping = True
         for event in list(self._cancel.values()):
             event.set()
-        self._model_ready.set()
         with self._wake:
             self._wake.notify_all()
         for thread in self._threads:
             thread.join(timeout)
-        if self.model.pipeline is not None:
-            self.model.pipeline.close()  # the clean-up worker processes
+        for worker in self.workers:
+            worker.close()
 
-    def _load_model(self) -> None:
-        try:
-            self.model.message = f"opening model package {self.settings.model}"
-            pipeline = ScenePipeline.from_pretrained(self.settings.model, self.settings.device, self.settings.dtype,
-                                                     compile=self.settings.compile)
-            for index, role in enumerate(PACKAGE_ROLES, 1):
-                self.model.message = f"loading {role} ({index}/{len(PACKAGE_ROLES)})"
-                pipeline.models.get(role)
-            self.model.pipeline, self.model.state, self.model.message = pipeline, "ready", "ready"
-        except ISceneError as exc:
-            self.model.state, self.model.message, self.model.error = "error", exc.message, exc.to_dict()
-        except Exception as exc:  # a broken install must still leave a server that explains itself
-            log.exception("loading the model failed")
-            self.model.state, self.model.message = "error", f"{type(exc).__name__}: {exc}"
-            self.model.error = {"code": "model_load_failed", "message": self.model.message,
-                                "hint": "see the server log; check --model, --device and the installation"}
-        finally:
-            self._model_ready.set()
+    def _watch_loading(self, worker: Worker) -> None:
+        """Wake the workers once ``worker``'s model is loaded (or failed): queued scene jobs may be taken now."""
+        worker.wait_loaded()
+        with self._wake:
+            self._wake.notify_all()
+
+    # --- the model, over all workers -----------------------------------------------------------------
+    def _model_states(self) -> list[str]:
+        return [worker.model_status()["state"] for worker in self.workers]
+
+    def _primary(self) -> Worker:
+        """The worker whose model the health reports: the first ready one, else the first still loading, else
+        the first."""
+        states = self._model_states()
+        for wanted in ("ready", "loading"):
+            if wanted in states:
+                return self.workers[states.index(wanted)]
+        return self.workers[0]  # every model failed: the first one's error
+
+    def model_state(self) -> dict:
+        """The model's state over all workers: ready when one is, loading while none is and one loads, else
+        error (``{"state", "message", "error"}`` of :meth:`Worker.model_status`)."""
+        return self._primary().model_status()
 
     # --- requests from the API -----------------------------------------------------------------------
     def health(self) -> dict:
-        pipeline = self.model.pipeline
-        info = {"service": "iscene", "api": "v1", "version": __version__, "state": self.model.state,
-                "message": self.model.message, "error": self.model.error, "model": self.settings.model,
-                "models": pipeline.package.model_ids() if pipeline else None,
-                "device": str(pipeline.device) if pipeline else self.settings.device,
-                "dtype": str(pipeline.models.dtype).removeprefix("torch.") if pipeline else self.settings.dtype,
-                "queue_length": len(self._queue), "running": self._running,
+        about, running = self._primary().describe(), dict(self._running)
+        info = {"service": "iscene", "api": "v1", "version": __version__, **self.model_state(),
+                "model": self.settings.model, "models": about["models"], "device": about["device"],
+                "dtype": about["dtype"], "vram": about["vram"], "queue_length": len(self._queue),
+                "running": next(iter(running.values()), None), "running_jobs": list(running.values()),
+                "workers": [{**worker.describe(), "job": running.get(worker.name)} for worker in self.workers],
                 "segment": {"available": segment.available(), "model": self.segment_model,
-                            "loaded": self._segmenter is not None and self._segmenter.loaded}}
+                            "loaded": any(worker.describe()["segment_loaded"] for worker in self.workers)}}
         problem = self.store.check_writable()
         info["storage"] = {"writable": problem is None, "error": problem.to_dict() if problem else None}
         if problem is not None:  # jobs cannot be recorded: that is the server's state, whatever the model's
             info.update(state="error", message=problem.message, error=problem.to_dict())
-        if torch.cuda.is_available():
-            free, total = torch.cuda.mem_get_info()
-            info["vram"] = {"free_mb": free // 2 ** 20, "total_mb": total // 2 ** 20,
-                            "name": torch.cuda.get_device_name()}
-        else:
-            info["vram"] = None
         return info
 
     def submit(self, kind: str, params: dict, inputs: dict[str, bytes], parent: str | None = None) -> JobRecord:
-        if kind in SCENE_KINDS and self.model.state == "error":
-            raise UnavailableError(f"the model could not be loaded: {self.model.message}",
-                                   (self.model.error or {}).get("hint", "restart the server with a working --model"))
+        model = self.model_state()
+        if kind in SCENE_KINDS and model["state"] == "error":  # on every worker
+            raise UnavailableError(f"the model could not be loaded: {model['message']}",
+                                   (model["error"] or {}).get("hint", "restart the server with a working --model"))
         if len(self._queue) >= self.settings.max_queue:
             raise UnavailableError(f"the queue is full ({len(self._queue)} jobs waiting)",
                                    "wait for queued jobs to finish, or cancel some")
@@ -263,34 +244,17 @@ class JobService:
         try:
             parent = read_manifest(self.store.folder(record.parent)) if record.parent else None
             return job_units(record.kind, record.params, self.store.input_bytes(record.id), parent,
-                             default_steps(self.model.pipeline))
+                             self._primary().default_steps())
         except (ISceneError, OSError, KeyError, TypeError, ValueError):
             return typical_units(record.kind)
 
-    def _cost_key(self, kind: str) -> str | None:
-        """Whose costs a job of ``kind`` runs at: the model on its device in its dtype (None while not loaded)."""
-        if kind in SCENE_KINDS:
-            pipeline = self.model.pipeline
-            if pipeline is None:
-                return None
-            device, dtype = pipeline.device, str(pipeline.models.dtype).removeprefix("torch.")
-            model = self.settings.model
-        else:
-            try:
-                device = resolve_device(self.settings.device)
-            except ISceneError:  # the job itself will say what is wrong with the device
-                return None
-            dtype, model = self.settings.dtype, self.segment_model
-        name = str(device)
-        if device.type == "cuda" and torch.cuda.is_available():
-            name += f" {torch.cuda.get_device_name(device)}"
-        return device_key(model, name, dtype)
-
-    def _prediction(self, job_id: str, kind: str) -> dict[str, float] | None:
-        key = self._cost_key(kind)
+    def _prediction(self, job_id: str, worker: Worker) -> dict[str, float] | None:
+        """Predicted seconds per stage of job ``job_id`` on ``worker`` (None while its costs are not known)."""
+        record = self.store.get(job_id)
+        key = worker.cost_key(record.kind in SCENE_KINDS)
         if key is None:
             return None
-        return self.costs.predict(key, cost_kind(kind, self.store.get(job_id).params), self._units.get(job_id, {}))
+        return self.costs.predict(key, cost_kind(record.kind, record.params), self._units.get(job_id, {}))
 
     def _running_eta(self, job_id: str) -> float | None:
         """The running job's ETA, counted down since its latest update."""
@@ -300,18 +264,24 @@ class JobService:
         return max(0.0, live[0].eta_s - (time.monotonic() - live[1]))
 
     def _queued_eta(self, jobs: list[str]) -> float | None:
-        """Seconds until the last of ``jobs`` (queued in this order) is done: what is left of the running job,
-        then the predicted work of each."""
-        running = self._running
-        left = 0.0 if running is None else self._running_eta(running)
-        if left is None:
-            return None
+        """Seconds until the last of ``jobs`` (queued in this order) is done: each goes to the worker free first
+        (what is left of its running job, then the predicted work of the queued jobs it was given)."""
+        free_in, jobs_running = [], dict(self._running)  # seconds until each worker is free
+        for worker in self.workers:
+            running = jobs_running.get(worker.name)
+            left = 0.0 if running is None else self._running_eta(running)
+            if left is None:
+                return None
+            free_in.append(left)
+        done_in = 0.0
         for job_id in jobs:
-            plan = self._prediction(job_id, self.store.get(job_id).kind)
+            first = min(range(len(free_in)), key=free_in.__getitem__)
+            plan = self._prediction(job_id, self.workers[first])
             if plan is None:
                 return None
-            left += sum(plan.values())
-        return left
+            free_in[first] += sum(plan.values())
+            done_in = free_in[first]
+        return done_in
 
     def cancel(self, job_id: str) -> dict:
         record = self.store.get(job_id)
@@ -378,24 +348,39 @@ class JobService:
                              "poll GET /v1/jobs/{id} until its state is succeeded")
         return record
 
-    # --- the worker -----------------------------------------------------------------------------------
-    def _work(self) -> None:
-        """The worker loop. It is supervised: nothing a job does (or fails to write) ends it."""
+    # --- the workers ----------------------------------------------------------------------------------
+    def _work(self, worker: Worker) -> None:
+        """One worker's loop. It is supervised: nothing a job does (or fails to write) ends it."""
         while not self._stopping:
-            with self._wake:
-                while not self._queue and not self._stopping:
-                    self._wake.wait()
-                if self._stopping:
-                    return
-                job_id = self._queue.popleft()
+            job_id = self._next_job(worker)
+            if job_id is None:
+                return
             try:
-                if self.store.get(job_id).kind in SCENE_KINDS:
-                    self._model_ready.wait()
-                if not self._stopping:
-                    self._run(job_id)
+                self._run(worker, job_id)
             except Exception:  # a bug outside the job's own try: log it, fail the job, keep serving the queue
-                log.exception("the worker caught an error around job %s", job_id)
+                log.exception("the worker %s caught an error around job %s", worker.name, job_id)
                 self._fail_unfinished(job_id)
+
+    def _next_job(self, worker: Worker) -> str | None:
+        """The first queued job ``worker`` can take (waiting for one), taken off the queue; None once stopping."""
+        with self._wake:
+            while not self._stopping:
+                for job_id in self._queue:
+                    if self._takes(worker, self.store.get(job_id).kind):
+                        self._queue.remove(job_id)
+                        self._running[worker.name] = job_id
+                        return job_id
+                self._wake.wait(RECHECK_S)
+            return None
+
+    def _takes(self, worker: Worker, kind: str) -> bool:
+        """Whether ``worker`` runs a job of ``kind`` now: a segment job always; a scene job once its model is
+        ready, or when its model failed and no other worker's is ready or loading (the job then fails with the
+        model's error instead of waiting for ever)."""
+        if kind not in SCENE_KINDS:
+            return True
+        state = worker.model_status()["state"]
+        return state == "ready" or (state == "error" and self.model_state()["state"] == "error")
 
     def _fail_unfinished(self, job_id: str) -> None:
         try:
@@ -421,51 +406,50 @@ class JobService:
         with contextlib.suppress(StorageError):  # logged by the store; saved once the disk takes writes again
             self.store.update(job_id, **changes)
 
-    def _run(self, job_id: str) -> None:
+    def _run(self, worker: Worker, job_id: str) -> None:
         cancel = self._cancel.setdefault(job_id, threading.Event())
         if cancel.is_set():
+            self._running.pop(worker.name, None)
             self._conclude(job_id, CANCELLED)
             return
         try:
             record = self.store.update(job_id, state=RUNNING, started=time.time())
         except StorageError as exc:  # a job that cannot be recorded as running is not run
+            self._running.pop(worker.name, None)
             self._cancel.pop(job_id, None)
             self._units.pop(job_id, None)
             self._conclude(job_id, FAILED, exc.to_dict())
             return
-        self._running = job_id
         self._units[job_id] = units = self._job_units(record)  # the model's own default steps are known now
-        key = self._cost_key(record.kind)
-        tracker = ProgressTracker(self.costs.predict(key or "", cost_kind(record.kind, record.params), units),
-                                  lambda update: self._live.__setitem__(job_id, (update, time.monotonic())), cancel,
-                                  self.settings.clock, time_limit_s=self.settings.job_timeout_s, predicted=True)
+        key, kind = worker.cost_key(record.kind in SCENE_KINDS), cost_kind(record.kind, record.params)
+        job = None
         try:
-            if record.kind in SCENE_KINDS and self.model.pipeline is None:
-                raise UnavailableError(f"the model could not be loaded: {self.model.message}",
-                                       "restart the server with a working --model")
-            self._execute(record, tracker, Publisher(self.store, job_id))
+            job = JobRun(job_id, record.kind, record.params, self.store.input_bytes(job_id),
+                         self.store.folder(job_id), self.store.folder(record.parent) if record.parent else None,
+                         self.costs.predict(key or "", kind, units),
+                         lambda update: self._live.__setitem__(job_id, (update, time.monotonic())), cancel,
+                         Publisher(self.store, job_id), self.settings.job_timeout_s, self.settings.clock)
+            worker.run(job)
             self._conclude(job_id, SUCCEEDED)
         except Cancelled:
             self._conclude(job_id, CANCELLED)
         except ISceneError as exc:
             self._conclude(job_id, FAILED, exc.to_dict())
         except Exception as exc:
-            self._conclude(job_id, FAILED, self._unexpected(exc))
+            self._conclude(job_id, FAILED, unexpected_error(exc, self.store.setting))
         finally:
-            self._after_job(job_id, key, cost_kind(record.kind, record.params), units, tracker)
+            self._after_job(worker, job_id, key, kind, units, job.stage_seconds if job else {})
 
-    def _after_job(self, job_id: str, key: str | None, kind: str, units: dict, tracker: ProgressTracker) -> None:
+    def _after_job(self, worker: Worker, job_id: str, key: str | None, kind: str, units: dict,
+                   stage_seconds: dict[str, float]) -> None:
         try:
             if key is not None:  # every stage that ran to its end, whatever became of the job
-                self.costs.learn(key, kind, units, tracker.stage_seconds())
+                self.costs.learn(key, kind, units, stage_seconds)
         finally:
-            self._running = None
+            self._running.pop(worker.name, None)
             self._live.pop(job_id, None)
             self._units.pop(job_id, None)
             self._cancel.pop(job_id, None)
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()  # give the memory of a failed or cancelled job back
             self._prune()
 
     def _remove_partial_files(self, job_id: str) -> None:
@@ -475,40 +459,6 @@ class JobService:
                 path.unlink(missing_ok=True)
         except (OSError, ISceneError):
             pass  # a read-only disk keeps them; the job is failed either way
-
-    def _execute(self, record: JobRecord, tracker: ProgressTracker, publisher: Publisher) -> None:
-        check_stored_params(record.kind, record.params)
-        folder = self.store.folder(record.id)
-        inputs = self.store.input_bytes(record.id)
-        pipeline = self.model.pipeline
-        if record.kind == "generate":
-            run_generate(pipeline, folder, record.params, inputs, tracker, publisher=publisher)
-        elif record.kind in CHILD_RUNNERS:
-            CHILD_RUNNERS[record.kind](pipeline, folder, self.store.folder(record.parent), record.params, inputs,
-                                       tracker, publisher=publisher)
-        elif record.kind == "segment":
-            run_segment(self._segmentation_model(), folder, record.params, inputs, tracker)
-        else:
-            raise ValueError(f"unknown job kind {record.kind!r}")
-
-    def _segmentation_model(self) -> SamSegmenter:
-        """The SAM segmenter, made on first use (on the worker thread; it loads its weights on its first job)."""
-        self.require_segmentation()
-        if self._segmenter is None:
-            self._segmenter = SamSegmenter(self.segment_model, self.settings.device, self.settings.dtype)
-        return self._segmenter
-
-    def _unexpected(self, exc: Exception) -> dict:
-        problem = storage_error(exc, self.store.setting) if isinstance(exc, OSError) else None
-        if problem is not None:  # a result file the disk could not take
-            return problem.to_dict()
-        if isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower():
-            return {"code": "out_of_memory", "message": "the GPU ran out of memory",
-                    "hint": "generate fewer objects at once (select a subset of labels), lower the detail, "
-                            "or free GPU memory used by other programs"}
-        log.exception("job failed")
-        return {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}",
-                "hint": "this is a bug or a broken installation; the server log has the details"}
 
     def _prune(self) -> None:
         s = self.settings

@@ -16,7 +16,9 @@ from scipy.spatial import cKDTree
 
 CANDIDATES = 2
 """Nearest triangle centroids tested per query point. On an extracted object (119k faces, 470k texels) colours
-found with 2 differ from those found with 8 by 4e-5 on average (at most 5/255) and cost 40 % of the time."""
+found with 2 differ from those found with 8 by 4e-5 on average (at most 5/255) and cost 40 % of the time. One
+is not enough: the nearest centroid's triangle is then often not the closest one (tests/test_texture_parts.py)."""
+LEAF_SIZE = 64  # centroids per k-d tree leaf: builds and queries faster than scipy's 16 for these point counts
 POINTS_PER_CHUNK = 65_536  # query points handled at once: CANDIDATES × this many triangles in flight
 
 
@@ -75,7 +77,7 @@ class ClosestPoints:
         # the sliding-midpoint tree builds in half the time of a median-split one, queries as fast
         centroids = (self.vertices[self.faces[:, 0]] + self.vertices[self.faces[:, 1]]
                      + self.vertices[self.faces[:, 2]]) / 3  # [F, 3]; three gathers, no [F, 3, 3] temporary
-        self.tree = cKDTree(centroids, balanced_tree=False)
+        self.tree = cKDTree(centroids, leafsize=LEAF_SIZE, balanced_tree=False)
         self.k = min(CANDIDATES, len(self.faces))
 
     def query(self, points: np.ndarray) -> SurfacePoints:
