@@ -46,7 +46,6 @@ def main() -> None:
     import torch
 
     from iscene_server.jobs.service import JobService, ServiceSettings
-    from iscene_server.jobs.workers.models import ModelSettings
     from iscene_server.tiny.package import write_tiny_package
 
     results: dict[str, float] = {}
@@ -79,7 +78,8 @@ def main() -> None:
             ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
             try:
                 for count in (1, 2):
-                    measure(f"ray {count}", count, workers=ray_pool("local", count, ModelSettings(model=model)))
+                    workers = ray_pool("local", count, ServiceSettings(model, tmp).model_settings("cpu"))
+                    measure(f"ray {count}", count, workers=workers)
             finally:
                 ray.shutdown()
     print(f"machine: {os.cpu_count()} cores, {torch.get_num_threads()} torch threads here; "

@@ -211,14 +211,9 @@ def _ray_workers(args: argparse.Namespace, settings) -> list | None:
     if settings.devices:
         raise ISceneError("--ray and --devices were both given", "run jobs on this machine's devices with "
                           "--devices, or on the Ray cluster's GPUs with --ray", code="bad_input")
-    from .jobs.workers.models import ModelSettings
     from .jobs.workers.remote import ray_pool
-    from .segment.model import default_segment_model
 
-    models = ModelSettings(model=settings.model, device=settings.device, dtype=settings.dtype,
-                           segment_model=settings.segment_model or default_segment_model(settings.model),
-                           compile=settings.compile)
-    return ray_pool(args.ray, args.ray_workers, models)
+    return ray_pool(args.ray, args.ray_workers, settings.model_settings(settings.device))
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -35,7 +35,7 @@ from .workers.local import LocalWorker
 from .workers.models import ModelSettings
 
 log = logging.getLogger("iscene.jobs")
-RECHECK_S = 1.0  # a waiting worker looks at the queue again this often (a replaced Ray actor loads unannounced)
+RECHECK_S = 1.0  # a waiting worker looks at the queue again this often (a model that finished loading, say)
 
 
 @dataclass
@@ -53,6 +53,15 @@ class ServiceSettings:
     compile: str | bool = "auto"  # torch.compile of the transformer blocks: "auto" (CUDA only), True, False
     clock: Callable[[], float] = time.monotonic  # what the job time limit is measured on (tests pass a fake one)
 
+    @property
+    def sam_model(self) -> str:
+        """The segmentation model workers load: ``segment_model``, else the package's default."""
+        return self.segment_model or default_segment_model(self.model)
+
+    def model_settings(self, device: str) -> ModelSettings:
+        """What a worker on ``device`` loads."""
+        return ModelSettings(self.model, device, self.dtype, self.sam_model, self.compile)
+
 
 class JobService:
     """``workers``: who runs the jobs (a Ray pool, :mod:`.workers.remote`); by default one :class:`LocalWorker`
@@ -61,7 +70,7 @@ class JobService:
     def __init__(self, settings: ServiceSettings, workers: Sequence[Worker] | None = None):
         self.settings = settings
         self.store = JobStore(settings.data_dir)
-        self.segment_model = settings.segment_model or default_segment_model(settings.model)
+        self.segment_model = settings.sam_model
         self.workers = list(workers) if workers is not None else self._local_workers()
         if not self.workers or len({worker.name for worker in self.workers}) != len(self.workers):
             raise ValueError("a job service needs at least one worker, each with its own name")
@@ -77,7 +86,7 @@ class JobService:
 
     def _local_workers(self) -> list[Worker]:
         s = self.settings
-        return [LocalWorker(f"local-{index}", ModelSettings(s.model, device, s.dtype, self.segment_model, s.compile))
+        return [LocalWorker(f"local-{index}", s.model_settings(device))
                 for index, device in enumerate(s.devices or (s.device,))]
 
     # --- life cycle -----------------------------------------------------------------------------------
@@ -90,8 +99,6 @@ class JobService:
         self._prune()
         for worker in self.workers:
             worker.start()
-            threading.Thread(target=self._watch_loading, args=(worker,), name=f"iscene-loading-{worker.name}",
-                             daemon=True).start()
             thread = threading.Thread(target=self._work, args=(worker,), name=f"iscene-worker-{worker.name}",
                                       daemon=True)
             thread.start()
@@ -107,12 +114,6 @@ class JobService:
             thread.join(timeout)
         for worker in self.workers:
             worker.close()
-
-    def _watch_loading(self, worker: Worker) -> None:
-        """Wake the workers once ``worker``'s model is loaded (or failed): queued scene jobs may be taken now."""
-        worker.wait_loaded()
-        with self._wake:
-            self._wake.notify_all()
 
     # --- the model, over all workers -----------------------------------------------------------------
     def _model_states(self) -> list[str]:
