@@ -9,9 +9,10 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "server" / "iscene_server"
 
 # Higher layers may import lower ones, never the other way round. Ranks 0 and 1 are the neutral base any layer
-# may use: the version and the errors, then the file writer and the device names (which raise those errors).
+# may use: the version, the errors and the core count, then the file writer and the device names (which raise
+# those errors).
 LAYERS = {
-    "__init__": 0, "errors": 0,
+    "__init__": 0, "errors": 0, "cores": 0,
     "atomic": 1, "devices": 1,
     "geometry": 2,
     "nn": 3,  # networks use the voxel-grid convention from geometry; geometry knows nothing of networks

@@ -8,6 +8,7 @@ import pytest
 import trimesh
 
 from iscene_server.geometry.postprocess import ColoredMesh, decimate
+from iscene_server.geometry.texture import closest
 from iscene_server.geometry.texture.atlas import uv_atlas
 from iscene_server.geometry.texture.bake import bake_texture
 from iscene_server.geometry.texture.closest import ClosestPoints, closest_on_triangles
@@ -39,8 +40,12 @@ def test_closest_point_on_triangle_matches_brute_force_in_every_region():
         assert np.linalg.norm(weights @ tri - p) <= np.linalg.norm(expected - p) + 1e-6
 
 
-def test_closest_points_on_a_mesh_match_an_exhaustive_search():
-    """The k-d tree's candidate triangles find the closest point an exhaustive search over every face finds."""
+@pytest.mark.parametrize("chunk", [None, 7])
+def test_closest_points_on_a_mesh_match_an_exhaustive_search(chunk, monkeypatch):
+    """The k-d tree's candidate triangles find the closest point an exhaustive search over every face finds,
+    also when the points are split into many chunks (answered in threads, each written back to its own rows)."""
+    if chunk is not None:
+        monkeypatch.setattr(closest, "POINTS_PER_CHUNK", chunk)
     sphere = trimesh.creation.icosphere(subdivisions=4, radius=1.0)
     vertices, faces = np.asarray(sphere.vertices), np.asarray(sphere.faces)
     rng = np.random.default_rng(1)

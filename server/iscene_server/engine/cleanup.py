@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..cores import usable_cores
 from ..errors import ISceneError
 from ..geometry.postprocess import ColoredMesh, remove_floaters, simplify
 from ..geometry.texture.bake import bake_texture
@@ -34,8 +34,7 @@ MAX_WORKERS = 6  # a 6-object scene cleans every object at once; more processes 
 
 def default_workers() -> int:
     """One worker per CPU core but one (the engine process keeps a core), at least 1, at most MAX_WORKERS."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(MAX_WORKERS, cores - 1))
+    return max(1, min(MAX_WORKERS, usable_cores() - 1))
 
 
 @dataclass(frozen=True, eq=False)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CANDIDATES_PER_CHUNK = 4_000_000  # texel candidates (bounding-box texels) tested at once: ~100 MB of temporaries
+CANDIDATES_PER_CHUNK = 262_144  # texel candidates (bounding-box texels) tested at once: ~10 MB of temporaries,
+# which stay in cache and spare the page faults of fresh 100 MB arrays (twice as fast as 4M at once)
 EDGE_TOLERANCE = 1e-6  # barycentric slack so centres exactly on an edge count as inside
 
 
@@ -45,15 +46,18 @@ def _chunk_hits(corners: np.ndarray, first: int, low: np.ndarray, extent: np.nda
     ``low [T, 2]`` / ``extent [T, 2]`` their boxes of texel centres (column, row)."""
     planes, proper = barycentric_planes(corners)
     counts = np.where(proper, extent[:, 0] * extent[:, 1], 0)  # [T] candidates per triangle
-    tri = np.repeat(np.arange(len(corners)), counts)  # [M] candidate's triangle
-    offset = np.arange(len(tri)) - np.repeat(np.cumsum(counts) - counts, counts)  # [M] index in its box
-    width = extent[tri, 0]
-    col = low[tri, 0] + offset % width  # [M]
-    row = low[tri, 1] + offset // width
+
+    def per_candidate(values: np.ndarray) -> np.ndarray:  # [T] -> [M]: candidates come triangle by triangle
+        return np.repeat(values, counts)
+
+    tri = per_candidate(np.arange(len(corners)))  # [M] candidate's triangle
+    offset = np.arange(len(tri)) - per_candidate(np.cumsum(counts) - counts)  # [M] index in its box
+    row_in_box, col_in_box = np.divmod(offset, per_candidate(extent[:, 0]))
+    col = per_candidate(low[:, 0]) + col_in_box  # [M]
+    row = per_candidate(low[:, 1]) + row_in_box
     x, y = col + 0.5, row + 0.5  # [M] texel centres
-    plane = planes[tri]  # [M, 2, 3]
-    w1 = plane[:, 0, 0] * x + plane[:, 0, 1] * y + plane[:, 0, 2]
-    w2 = plane[:, 1, 0] * x + plane[:, 1, 1] * y + plane[:, 1, 2]
+    w1 = per_candidate(planes[:, 0, 0]) * x + per_candidate(planes[:, 0, 1]) * y + per_candidate(planes[:, 0, 2])
+    w2 = per_candidate(planes[:, 1, 0]) * x + per_candidate(planes[:, 1, 1]) * y + per_candidate(planes[:, 1, 2])
     w0 = 1.0 - w1 - w2
     inside = (w0 >= -EDGE_TOLERANCE) & (w1 >= -EDGE_TOLERANCE) & (w2 >= -EDGE_TOLERANCE)
     bary = np.clip(np.stack([w0[inside], w1[inside], w2[inside]], axis=1), 0.0, 1.0)
