@@ -73,12 +73,15 @@ def light_the_world(scene) -> None:
     scene.collection.objects.link(sun)
 
 
-def render(scene, camera, path: Path, transparent: bool, solid: bool = False) -> Image.Image:
+def render(scene, camera, path: Path, transparent: bool, solid: bool = False,
+           colour_type: str = "OBJECT") -> Image.Image:
+    """A still through ``camera``: Cycles, or with ``solid`` what the viewport's Solid shading shows, coloured by
+    ``colour_type`` ("OBJECT": the viewport colour the importer sets; "VERTEX": the colour attribute; "TEXTURE")."""
     scene.camera = camera
-    if solid:  # what the viewport's default Solid shading shows
+    if solid:
         scene.render.engine = "BLENDER_WORKBENCH"
         scene.display.shading.light = "STUDIO"
-        scene.display.shading.color_type = "OBJECT"  # the importer sets it as it sets the material's
+        scene.display.shading.color_type = colour_type
         scene.display.shading.show_object_outline = True
     else:
         scene.render.engine = "CYCLES"
