@@ -106,8 +106,8 @@ def main(output: str) -> None:
     vertex = cleaned(dense, None)
     panels.append((f"vertex colours, {vertex.face_count:,} faces", imported("vertex", vertex, True), "VERTEX"))
     baked = cleaned(dense, TEXTURE_SIZE)
-    panels.append((f"baked {TEXTURE_SIZE} x {TEXTURE_SIZE} texture, {baked.face_count:,} faces", imported("baked", baked, False),
-                   "TEXTURE"))
+    caption = f"baked {TEXTURE_SIZE} x {TEXTURE_SIZE} texture, {baked.face_count:,} faces"
+    panels.append((caption, imported("baked", baked, False), "TEXTURE"))
     camera = camera_on(scene, Vector((0.0, 0.0, -0.01)))
     objects = [obj for _, obj, _ in panels]
     images = []

@@ -26,7 +26,7 @@ from iscene_server.jobs.store import RECORD
 from iscene_server.jobs.workers.base import JobRun
 from iscene_server.jobs.workers.local import LocalWorker
 from iscene_server.jobs.workers.models import ModelSettings
-from iscene_server.jobs.workers.remote import RayWorker, ray_pool
+from iscene_server.jobs.workers.remote import RayWorker, actor_plan, ray_pool
 
 ray = pytest.importorskip("ray")  # in the test extra: CI has it
 
@@ -239,6 +239,28 @@ def test_a_cluster_without_gpus_needs_a_worker_count(tiny_package):
     assert "no GPU" in refused.value.message and "--ray-workers" in refused.value.hint
 
 
+@pytest.mark.parametrize(("gpus", "workers", "device", "plan"), [
+    (2, None, "auto", (2, {"num_gpus": 1}, "auto")),  # one actor per GPU, each on the GPU Ray gives it
+    (2, 3, "cuda", (3, {"num_gpus": 1}, "cuda")),  # the third waits for a GPU
+    (2, 2, "cpu", (2, {"num_cpus": 1}, "cpu")),  # --device cpu on a GPU cluster: CPU actors, no GPU held
+    (0, 2, "auto", (2, {"num_cpus": 1}, "cpu")),
+])
+def test_the_actor_plan_follows_the_cluster_and_the_device(gpus, workers, device, plan):
+    assert actor_plan("auto", gpus, workers, device) == plan
+
+
+@pytest.mark.parametrize(("gpus", "workers", "device", "problem", "hint"), [
+    (2, None, "cuda:1", "names one GPU of this machine", "leave --device at auto"),  # actors see only their GPU
+    (0, 2, "cuda", "has no GPU", "leave --device at auto"),
+    (2, None, "cpu", "'one worker per GPU' does not apply", "--ray-workers N"),
+    (2, 0, "auto", "at least 1", "--ray-workers 1"),
+])
+def test_actor_plans_that_cannot_work_are_refused_with_the_fix(gpus, workers, device, problem, hint):
+    with pytest.raises(ISceneError) as refused:
+        actor_plan("auto", gpus, workers, device)
+    assert problem in refused.value.message and hint in refused.value.hint and refused.value.code == "bad_input"
+
+
 def test_ray_without_ray_installed_answers_the_install_hint(monkeypatch, capsys, tiny_package, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets without the [cluster] extra
     code = cli.main(["serve", "--ray", "auto", "--model", str(tiny_package), "--data-dir", str(tmp_path)])
@@ -248,7 +270,8 @@ def test_ray_without_ray_installed_answers_the_install_hint(monkeypatch, capsys,
 
 
 @pytest.mark.parametrize(("options", "problem"), [(["--ray-workers", "2"], "--ray-workers needs --ray"),
-                                                  (["--ray", "local", "--devices", "cpu,cpu"], "--ray and --devices")])
+                                                  (["--ray", "local", "--devices", "cpu,cpu"], "--ray and --devices"),
+                                                  (["--ray", "local", "--device", "cuda:1"], "names one GPU")])
 def test_ray_options_that_do_not_go_together(capsys, tmp_path, options, problem):
     code = cli.main(["serve", "--model", str(tmp_path / "no-model"), "--data-dir", str(tmp_path), *options])
     err = capsys.readouterr().err

@@ -223,20 +223,41 @@ def connect(address: str):
     return ray
 
 
-def ray_pool(address: str, workers: int | None, settings: ModelSettings) -> list[RayWorker]:
-    """Connect to Ray and make the workers: ``workers`` actors, or one per GPU of the cluster. Actors take one
-    GPU each on a cluster that has GPUs, else one CPU."""
-    ray = connect(address)
-    gpus = int(ray.cluster_resources().get("GPU", 0))
+def actor_plan(address: str, gpus: int, workers: int | None, device: str) -> tuple[int, dict, str]:
+    """For a Ray cluster with ``gpus`` GPUs: how many actors, the Ray resources each asks for and the device its
+    models run on. One GPU per actor where the cluster has GPUs (``--device cpu``: one CPU each), one CPU per actor
+    on a cluster without. ``workers`` None means one per GPU."""
+    if device.startswith("cuda:"):
+        raise ISceneError(f"--device {device} names one GPU of this machine, but with --ray each worker runs on "
+                          "the GPU Ray gives its actor",
+                          "leave --device at auto (or pass cuda); choose the machines' GPUs with "
+                          "'ray start --num-gpus' or CUDA_VISIBLE_DEVICES there", code="bad_input")
+    on_gpus = gpus > 0 and device != "cpu"
+    if device == "cuda" and not gpus:
+        raise ISceneError(f"--device cuda was given but the Ray cluster at {address} has no GPU",
+                          "start the GPU machines with 'ray start --address=<head>:6379', or leave --device at auto to "
+                          "run the workers on CPUs", code="bad_input")
     if workers is None:
-        if gpus == 0:
+        if not gpus:
             raise ISceneError(f"the Ray cluster at {address} has no GPU to run one worker per GPU on",
                               "start the GPU machines with 'ray start --address=<head>:6379', or pass "
                               "--ray-workers N to run N workers on CPUs", code="bad_input")
+        if not on_gpus:
+            raise ISceneError("--device cpu runs the Ray workers on CPUs, so 'one worker per GPU' does not apply",
+                              "pass --ray-workers N for N workers on CPUs", code="bad_input")
         workers = gpus
     if workers < 1:
         raise ISceneError("--ray-workers must be at least 1", "pass --ray-workers 1 or more", code="bad_input")
-    resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-    if not gpus:
-        settings = dataclasses.replace(settings, device="cpu")
-    return [RayWorker(f"ray-{index}", settings, resources) for index in range(workers)]
+    if on_gpus and workers > gpus:
+        log.warning("%d Ray workers for %d GPUs: %d wait (shown as loading) until a GPU is free or joins the cluster",
+                    workers, gpus, workers - gpus)
+    return workers, ({"num_gpus": 1} if on_gpus else {"num_cpus": 1}), (device if on_gpus else "cpu")
+
+
+def ray_pool(address: str, workers: int | None, settings: ModelSettings) -> list[RayWorker]:
+    """Connect to Ray and make the workers (:func:`actor_plan`: how many, on what)."""
+    ray = connect(address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    count, resources, device = actor_plan(address, gpus, workers, settings.device)
+    settings = dataclasses.replace(settings, device=device)
+    return [RayWorker(f"ray-{index}", settings, resources) for index in range(count)]
