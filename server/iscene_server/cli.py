@@ -23,13 +23,19 @@ DEFAULT_MODEL = "LuLing/IScene"
 
 
 class ProgressBar:
-    """One self-updating stderr line: stage, step i/n, bar, ETA."""
+    """Progress on stderr: on a terminal one self-updating line (stage, step i/n, bar, ETA); into a pipe or a
+    log file plain lines instead — one per stage, and one per further tenth of the job — so the log stays
+    readable."""
+
+    LOG_EVERY = 0.1  # of the whole job, between two lines of the plain (non-terminal) form
 
     def __init__(self, stream=sys.stderr, width: int = 24):
         self.stream = stream
         self.width = width
+        self.interactive = bool(getattr(stream, "isatty", lambda: False)())
         self.last = 0.0
         self.open_line = False
+        self.logged: tuple[str, float] | None = None  # stage and fraction of the last plain line
 
     def close(self) -> None:
         """End an unfinished bar line so that what is printed next starts on its own line."""
@@ -38,18 +44,34 @@ class ProgressBar:
             self.open_line = False
 
     def __call__(self, update) -> None:
-        now = time.monotonic()
         final = update.stage == "done"
+        eta = "" if update.eta_s is None else f" ETA {_clock(update.eta_s)}"
+        label = "done" if final else f"{update.stage} {update.step}/{update.total}"
+        if self.interactive:
+            self._redraw(update, final, label, eta)
+        elif self._worth_a_line(update):
+            self.stream.write(f"{update.fraction:4.0%} {label}{eta}\n")
+            self.stream.flush()
+
+    def _redraw(self, update, final: bool, label: str, eta: str) -> None:
+        now = time.monotonic()
         if not final and update.step not in (0, update.total) and now - self.last < 0.1:
             return
         self.last = now
         filled = int(self.width * update.fraction)
-        eta = "" if update.eta_s is None else f" ETA {_clock(update.eta_s)}"
-        label = "done" if final else f"{update.stage} {update.step}/{update.total}"
         line = f"\r[{'#' * filled}{'.' * (self.width - filled)}] {update.fraction:4.0%} {label:<18}{eta}"
         self.stream.write(line.ljust(72) + ("\n" if final else ""))
         self.stream.flush()
         self.open_line = not final
+
+    def _worth_a_line(self, update) -> bool:
+        """A plain line for a new stage, or once the job moved on by LOG_EVERY since the last one; "done" once."""
+        if self.logged is not None:
+            stage, fraction = self.logged
+            if stage == "done" or (stage == update.stage and update.fraction - fraction < self.LOG_EVERY):
+                return False
+        self.logged = (update.stage, update.fraction)
+        return True
 
 
 def _clock(seconds: float) -> str:
