@@ -75,6 +75,17 @@ def regenerate_requests(root, objects) -> list[Request]:
     return requests
 
 
+def keep_request(root, obj) -> Request:
+    """Make the variant kept in ``obj`` part of the server's scene: a one-object regenerate with the candidate's
+    seed, which reproduces the candidate (candidates are reproducible by seed), so that Refine and later jobs start
+    from the kept shape rather than the one it replaced."""
+    label, seed = int(obj[provenance.LABEL]), int(obj[MESH_SEED])
+    targets = {label: provenance.claim([obj])}
+    title = wording.job_title("keep", obj.name, seed=seed)
+    return Request("regenerate", title, {"labels": [label], "seeds": {label: seed}}, parent=root[provenance.JOB],
+                   root=root[provenance.SCENE], targets=targets)
+
+
 def refine_request(context, root, selected_only: bool, strength: float) -> Request:
     """The artist's edits of the scene's objects in its frame, the labels to keep as they are, and the artist's
     own meshes to keep as context (:mod:`.context_objects`; raises ``ValueError`` with the fix when one is over

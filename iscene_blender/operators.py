@@ -132,7 +132,8 @@ class ISCENE_OT_variants(Gated, bpy.types.Operator):
 
 class ISCENE_OT_keep_variant(Gated, bpy.types.Operator):
     """Swap the active candidate's shape into its object (the object keeps its place and edits; the candidate's
-    seed is recorded) and remove the other candidates"""
+    seed is recorded), remove the other candidates, and make the kept shape the server's too, so Refine starts
+    from it"""
 
     bl_idname = "iscene.keep_variant"
     bl_label = "Keep This One"
@@ -147,6 +148,12 @@ class ISCENE_OT_keep_variant(Gated, bpy.types.Operator):
         for obj in context.view_layer.objects:
             obj.select_set(obj == original)
         context.view_layer.objects.active = original
+        offline = server_problem(context)
+        if offline:  # kept here; the server's scene still holds the replaced shape
+            self.report({"WARNING"}, f"I-Scene: kept in Blender only ({offline}); the server's scene still has "
+                                     "the shape it replaced, which a Refine would start from")
+        else:
+            start_job(context, job_requests.keep_request(provenance.root_of(original), original))
         return {"FINISHED"}
 
 

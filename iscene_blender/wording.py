@@ -12,7 +12,7 @@ STAGES = {"preprocess": "Preparing", "condition": "Reading the image", "stage1":
 STATES = {"submitting": "Sending", "queued": "Waiting", "running": "Running", "downloading": "Downloading",
           "importing": "Importing", "succeeded": "Done", "failed": "Failed", "cancelled": "Cancelled"}
 KINDS = {"generate": "Generate", "regenerate": "Regenerate", "refine": "Refine", "segment": "Segment",
-         "import": "Re-import", "build": "Build Meshes", "variants": "Variants"}
+         "import": "Re-import", "build": "Build Meshes", "variants": "Variants", "keep": "Keep"}
 CHAR_PX = 7.0  # the width of an average character of the UI font at scale 1, in pixels
 
 

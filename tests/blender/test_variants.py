@@ -9,13 +9,35 @@ import hashlib
 
 import numpy as np
 import pytest
+from server_process import free_port
 
-from .test_addon import generate, instances, move_in_world, run_operator, scene_root, scene_to_world, select_only
+from .test_addon import (
+    generate,
+    instances,
+    move_in_world,
+    pump_until,
+    run_operator,
+    scene_root,
+    scene_to_world,
+    select_only,
+)
 from .test_loop import expected_edit
 
 
 def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def face_corners(obj) -> np.ndarray:
+    """``[F, 3, 3]`` the corners of the mesh's triangles in the object's own frame (independent of how the UV
+    atlas split the vertices along its seams)."""
+    positions = np.array([tuple(v.co) for v in obj.data.vertices])
+    return positions[np.array([tuple(p.vertices) for p in obj.data.polygons])]
+
+
+def surface_area(corners: np.ndarray) -> float:
+    doubled = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0])  # [F, 3]
+    return float(np.linalg.norm(doubled, axis=1).sum() / 2)
 
 
 def camera_right(bpy) -> np.ndarray:
@@ -73,7 +95,9 @@ def test_variants_are_laid_out_beside_the_object_and_the_kept_one_is_swapped_in(
     chosen = laid_out[1]
     kept_seed, kept_hash = chosen["iscene_candidate_seed"], chosen["iscene_mesh_sha256"]
     polygons = len(chosen.data.polygons)
+    kept_shape = face_corners(chosen)
     select_only(bpy, chosen)
+    jobs_before, scene_before = set(addon.pump.RUNTIME.jobs), root["iscene_job"]
     assert bpy.ops.iscene.keep_variant() == {"FINISHED"}
     table = bpy.data.objects[name]
     assert addon.provenance.candidates_of(table) == [], "the other candidates are removed"
@@ -86,6 +110,28 @@ def test_variants_are_laid_out_beside_the_object_and_the_kept_one_is_swapped_in(
     assert bpy.context.view_layer.objects.active == table
     with pytest.raises(RuntimeError, match="make a variant candidate active"):
         bpy.ops.iscene.keep_variant()
+
+    # the kept shape becomes the server's too: a one-object regenerate with its seed, which later jobs start from
+    (key,) = set(addon.pump.RUNTIME.jobs) - jobs_before
+    keep = addon.pump.RUNTIME.jobs[key]
+    pump_until(addon, lambda: not keep.active)
+    assert keep.state == "succeeded", f"{keep.message} ({keep.hint})"
+    status = server.get(f"/v1/jobs/{keep.server_id}")
+    assert status["kind"] == "regenerate" and status["parent"] == scene_before
+    manifest = server.get(f"/v1/jobs/{keep.server_id}/scene")
+    assert next(e for e in manifest["instances"] if e["label"] == 1)["seed"] == kept_seed
+    assert root["iscene_job"] == keep.server_id, "the scene's next job (Refine, Regenerate) starts from the keep"
+    table = bpy.data.objects[name]
+    assert table["iscene_job"] == keep.server_id and table["iscene_mesh_seed"] == kept_seed
+    # the same shape up to the decimation's choices (it is not continuous in its input: tests/test_variants.py)
+    corners = face_corners(table)
+    assert corners.shape == kept_shape.shape, "as many triangles as the kept candidate"
+    assert np.allclose(corners.min((0, 1)), kept_shape.min((0, 1)), atol=1e-3)
+    assert np.allclose(corners.max((0, 1)), kept_shape.max((0, 1)), atol=1e-3)
+    assert abs(surface_area(corners) / surface_area(kept_shape) - 1) < 0.01
+    assert np.allclose(expected_edit(root, table), edit, atol=1e-5), "the object's edit is still kept"
+    assert [s.material for s in table.material_slots] == materials
+    assert addon.job_requests.refine_request(bpy.context, root, False, 0.5).parent == keep.server_id
 
 
 def test_discard_variants_removes_every_candidate_and_leaves_the_object(bpy, addon, inputs):
@@ -105,3 +151,21 @@ def test_discard_variants_removes_every_candidate_and_leaves_the_object(bpy, add
     assert addon.provenance.candidates_of(plant) == [] and not meshes & set(bpy.data.meshes.keys())
     assert plant["iscene_mesh_sha256"] == mesh_hash and plant.matrix_world == matrix
     assert bpy.context.view_layer.objects.active == plant
+
+
+def test_keep_with_the_server_down_keeps_the_shape_in_blender_and_says_so(bpy, addon, inputs, prefs):
+    scene_job = generate(bpy, addon)
+    root = scene_root(bpy, addon, scene_job)
+    lamp = instances(bpy, addon, scene_job)[4]
+    make_variants(bpy, addon, lamp, 2)
+    chosen = addon.provenance.candidates_of(lamp)[0]
+    kept_hash, scene_before = chosen["iscene_mesh_sha256"], root["iscene_job"]
+    prefs.server_url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    bpy.ops.iscene.check_server()
+    pump_until(addon, lambda: addon.pump.RUNTIME.health_error is not None, timeout=30)
+    jobs_before = set(addon.pump.RUNTIME.jobs)
+    select_only(bpy, chosen)
+    assert bpy.ops.iscene.keep_variant() == {"FINISHED"}
+    assert set(addon.pump.RUNTIME.jobs) == jobs_before, "no job that cannot reach the server"
+    assert lamp["iscene_mesh_sha256"] == kept_hash and addon.provenance.candidates_of(lamp) == []
+    assert root["iscene_job"] == scene_before, "the server's scene is unchanged, so the scene's next job starts there"
