@@ -30,6 +30,12 @@ def _pixels(stroke: Stroke, width: int, height: int) -> list[tuple[float, float]
     return [(x * width, (1.0 - y) * height) for x, y in stroke.points]
 
 
+def _onto_last_pixel(value: float, size: int) -> float:
+    """A coordinate on the image's far edge (``value == size``: a click on its right or bottom border) as the
+    centre of the last pixel, which is where the artist clicked; pixels are ``0 <= v < size`` for the server."""
+    return size - 0.5 if size - 0.5 < value <= size else value
+
+
 def _inside(point, box) -> bool:
     return box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
 
@@ -42,7 +48,8 @@ def prompts_from_strokes(strokes: list[Stroke], width: int, height: int) -> dict
         pixels = _pixels(stroke, width, height)
         xs, ys = [p[0] for p in pixels], [p[1] for p in pixels]
         box = [min(xs), min(ys), max(xs), max(ys)]
-        centre = [round((box[0] + box[2]) / 2, 2), round((box[1] + box[3]) / 2, 2)]
+        centre = [round(_onto_last_pixel((box[0] + box[2]) / 2, width), 2),
+                  round(_onto_last_pixel((box[1] + box[3]) / 2, height), 2)]
         if stroke.layer.lower().startswith("neg"):
             negatives.append(centre)
         elif max(box[2] - box[0], box[3] - box[1]) <= dot:

@@ -256,6 +256,16 @@ def test_the_server_reads_the_addons_prompts_as_drawn():
     assert auto.auto and auto.points_per_side == 8 and auto.objects == ()
 
 
+def test_a_click_on_the_images_right_or_bottom_edge_is_a_point_the_server_takes():
+    prompts = addon_module("prompts")
+    width, height = 320, 240
+    corner = prompts.Stroke("Note", ((1.0, 0.0),))  # the bottom-right corner: pixel (320, 240) before the fix
+    edge = prompts.Stroke("Negative", ((0.5, 0.0),))  # the bottom edge
+    sent = prompts.prompts_from_strokes([corner, edge], width, height)
+    (dotted,) = parse_prompts(SegmentPrompts.model_validate(sent), (width, height)).objects
+    assert np.allclose(dotted.points, [(319.5, 239.5)]) and np.allclose(dotted.negative, [(160, 239.5)])
+
+
 # --- seeds (iscene_server/engine/seeds.py) --------------------------------------------------------------------
 
 def test_the_seed_facts_agree():
