@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .png import linear_to_srgb
+
 REFRESH_S = 1.0  # while an image is being painted, its values are refreshed at most this often
 MAIN_THREAD_SHARE = 0.05  # ... and reading its pixels takes at most this share of the main thread's time
 WANTED_S = 5.0  # an image is refreshed while a panel asked for it this recently
@@ -33,7 +35,25 @@ def read_pixels(image) -> np.ndarray:
 def colour_keys(pixels: np.ndarray) -> np.ndarray:
     """uint32 ``R + G·256 + B·65536`` (8-bit values) of every pixel."""
     rgb = np.rint(pixels.reshape(-1, 4)[:, :3] * 255.0).astype(np.uint32)  # [N, 3]
+    return _packed(rgb)
+
+
+def _packed(rgb: np.ndarray) -> np.ndarray:
     return rgb[:, 0] | (rgb[:, 1] << 8) | (rgb[:, 2] << 16)
+
+
+def float_map_ids(pixels: np.ndarray, linear: bool) -> list[int]:
+    """The instance ids the server reads from a label map Blender holds as float pixels (a 16-bit PNG), from
+    those pixels: grey maps (``I;16`` for Pillow) are their 16-bit values, colour maps the packed colour of each
+    channel's high byte (Pillow reads 16-bit RGB as 8-bit, keeping the high byte). ``linear``: the image is
+    colour-managed (not Non-Color), so Blender linearised its values and the sRGB curve is undone first."""
+    rgb = pixels.reshape(-1, 4)[:, :3]  # [N, 3]
+    if linear:
+        rgb = linear_to_srgb(rgb)
+    values = np.rint(np.clip(rgb, 0.0, 1.0) * 65535.0).astype(np.uint32)  # [N, 3] the stored 16-bit values
+    if bool(np.all((values[:, 0] == values[:, 1]) & (values[:, 0] == values[:, 2]))):
+        return sorted(int(i) for i in np.unique(values[:, 0]) if i)
+    return label_ids(_packed(values >> 8))
 
 
 def label_ids(keys: np.ndarray, palette: dict[int, int] | None = None) -> list[int]:
@@ -71,7 +91,8 @@ class _Entry:
 
 
 def _signature(image) -> tuple:
-    return (tuple(image.size), image.is_dirty, image.filepath, image.source, image.packed_file is not None)
+    return (tuple(image.size), image.is_dirty, image.filepath, image.source, image.packed_file is not None,
+            image.colorspace_settings.name)
 
 
 def _palette(image) -> dict[int, int] | None:
@@ -79,11 +100,37 @@ def _palette(image) -> dict[int, int] | None:
     return {int(k): int(v) for k, v in palette.items()} if palette else None
 
 
-def _count(pixels: np.ndarray, palette, previous: tuple[int | None, LabelStats | None]) -> tuple[int, LabelStats]:
+@dataclass(frozen=True)
+class PixelFormat:
+    """How a label map's ids follow from the float pixels Blender holds, by what its upload will be: a float
+    image loaded from a file (a 16-bit PNG) uploads that file, any other image a PNG of its 8-bit values
+    (:func:`.image_files.image_bytes`); a colour-managed float image holds linear values."""
+
+    float_file: bool = False
+    linear: bool = False
+
+
+def pixel_format(image) -> PixelFormat:
+    colour_managed = bool(image.is_float) and image.colorspace_settings.name not in ("Non-Color", "Raw")
+    return PixelFormat(bool(image.is_float) and not image.is_dirty, colour_managed)
+
+
+def map_ids(pixels: np.ndarray, palette, kind: PixelFormat) -> list[int]:
+    """The instance ids the server will read from the label map whose pixels these are."""
+    if kind.float_file:
+        return float_map_ids(pixels, kind.linear)
+    if kind.linear:  # a painted float image: uploaded as the sRGB bytes of its values, as png.image_png encodes
+        rgba = pixels.reshape(-1, 4)
+        pixels = np.concatenate([linear_to_srgb(rgba[:, :3]), rgba[:, 3:]], axis=1).astype(np.float32)
+    return label_ids(colour_keys(pixels), palette)
+
+
+def _count(pixels: np.ndarray, palette, kind: PixelFormat,
+           previous: tuple[int | None, LabelStats | None]) -> tuple[int, LabelStats]:
     digest = zlib.crc32(pixels.view(np.uint8))
     if digest == previous[0] and previous[1] is not None:
         return digest, previous[1]  # painted over with the same ids, or nothing changed
-    return digest, LabelStats(tuple(label_ids(colour_keys(pixels), palette)))
+    return digest, LabelStats(tuple(map_ids(pixels, palette, kind)))
 
 
 class PixelStats:
@@ -147,7 +194,7 @@ class PixelStats:
         entry.read_s = entry.read_at - start
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="iscene-pixels")
-        entry.pending = self._pool.submit(_count, pixels, palette, (entry.digest, entry.stats))
+        entry.pending = self._pool.submit(_count, pixels, palette, pixel_format(image), (entry.digest, entry.stats))
 
     def wait(self, timeout: float = 30.0) -> None:
         """Block until the pending counts are done (tests, and scripts that need the value now)."""

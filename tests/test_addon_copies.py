@@ -40,15 +40,17 @@ from iscene_server.segment.prompts import SegmentPrompts, parse_prompts
 ADDON = Path(__file__).resolve().parents[1] / "iscene_blender"
 
 
+COPY_PACKAGE = "iscene_addon_copy"
+
+
 def addon_module(name: str) -> types.ModuleType:
-    """``iscene_blender/<name>.py`` (a module without relative imports), loaded under a private name."""
-    qualified = f"iscene_addon_copy_{name}"
-    if qualified not in sys.modules:
-        spec = importlib.util.spec_from_file_location(qualified, ADDON / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[qualified] = module  # dataclasses look their module up while the class is made
-        spec.loader.exec_module(module)
-    return sys.modules[qualified]
+    """``iscene_blender/<name>.py``, loaded without bpy under a private package whose ``__init__`` (which needs
+    bpy) never runs; its relative imports load the other pure modules the same way."""
+    if COPY_PACKAGE not in sys.modules:
+        package = types.ModuleType(COPY_PACKAGE)
+        package.__path__ = [str(ADDON)]
+        sys.modules[COPY_PACKAGE] = package
+    return importlib.import_module(f"{COPY_PACKAGE}.{name}")
 
 
 PURE_MODULES = ("client", "glb", "glb_write", "png", "pixels", "prompts", "seeds")
@@ -188,6 +190,22 @@ def test_the_addon_counts_the_ids_the_server_reads(label_maps):
         counted = pixels.label_ids(pixels.colour_keys(blender_pixels(rgba)))
         assert counted == server_ids(png.encode_rgba8(rgba)), name
         assert counted, name
+
+
+@pytest.mark.parametrize("linear", [False, True], ids=["non-color", "colour-managed"])
+def test_a_16_bit_grey_map_counts_its_16_bit_ids_like_the_server(linear):
+    """Blender holds a 16-bit PNG as float pixels (value / 65535, linearised unless the image is Non-Color);
+    8-bit rounding would merge ids 1 and 2 into background and 1000 with 1001."""
+    png, pixels = addon_module("png"), addon_module("pixels")
+    ids = np.zeros((16, 16), np.uint16)
+    ids[0:4, 0:4], ids[0:4, 8:12], ids[8:12, 0:4], ids[8:12, 8:12], ids[14:, 14:] = 1, 2, 300, 1000, 1001
+    buffer = io.BytesIO()
+    Image.fromarray(ids).save(buffer, format="PNG")  # mode I;16
+    stored = np.repeat((ids[::-1].astype(np.float64) / 65535)[..., None], 4, axis=2)  # [H, W, 4] bottom row first
+    stored[..., 3] = 1.0
+    held = png.srgb_to_linear(stored) if linear else stored
+    counted = pixels.float_map_ids(held.astype(np.float32).ravel(), linear)
+    assert counted == server_ids(buffer.getvalue()) == [1, 2, 300, 1000, 1001]
 
 
 def test_a_palette_map_counts_its_palette_indices_like_the_server():

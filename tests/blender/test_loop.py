@@ -151,6 +151,22 @@ def test_an_unchanged_map_is_read_once(bpy, addon, inputs, monkeypatch):
     assert reads.reads.count(inputs.labels.name) == 1, "a saved map's pixels are read when they change only"
 
 
+@pytest.mark.parametrize("colour_space", ["Non-Color", "sRGB"])
+def test_a_16_bit_label_map_counts_the_objects_the_server_reads(bpy, addon, prefs, tmp_path, colour_space):
+    """Blender holds a 16-bit PNG as float pixels (linearised unless Non-Color); counting them as 8-bit values
+    merged ids 1 and 2 into the background and ids 1000 and 1001 into one."""
+    from PIL import Image
+
+    ids = np.zeros((32, 48), np.uint16)
+    ids[0:8, 0:8], ids[0:8, 16:24], ids[16:24, 0:8], ids[16:24, 16:24], ids[28:, 40:] = 1, 2, 300, 1000, 1001
+    Image.fromarray(ids).save(tmp_path / "labels16.png")  # Pillow: mode I;16, as the server reads it
+    labels = bpy.data.images.load(str(tmp_path / "labels16.png"))
+    labels.colorspace_settings.name = colour_space
+    assert labels.is_float, "Blender holds a 16-bit PNG as floats"
+    assert counted_objects(bpy, addon, labels) == 5
+    assert addon.props.label_stats(labels).ids == (1, 2, 300, 1000, 1001)
+
+
 # --- 2, 3, 9. metric, grounded, the camera, colour -----------------------------------------------------------
 
 def test_a_scene_stands_on_the_cursor_in_metres_with_its_camera_and_colours(bpy, addon, inputs, server):
