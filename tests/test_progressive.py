@@ -208,6 +208,26 @@ def test_a_job_stopped_before_its_layout_has_no_scene(service, client, small_inp
     assert response.json()["error"]["hint"]
 
 
+def test_a_running_variants_job_says_where_its_candidates_are(service, client, small_inputs, monkeypatch):
+    parent = submit(service, small_inputs)
+    assert wait(service, parent)["state"] == "succeeded"
+    first = Gate(monkeypatch, "variant")
+    created = client.post(f"/v1/jobs/{parent}/variants", json={"label": 1, "count": 2})
+    assert created.status_code == 202, created.text
+    job = created.json()["job_id"]
+    first.wait()
+    try:
+        status = client.get(f"/v1/jobs/{job}").json()
+        response = client.get(f"/v1/jobs/{job}/scene")
+    finally:
+        first.released.set()
+    assert status["state"] == "running" and status["ready_variants"] == [1] and not status["layout_ready"]
+    error = response.json()["error"]
+    assert response.status_code == 409 and error["code"] == "not_ready"
+    assert "ready_variants" in error["hint"] and "layout_ready" not in error["hint"]
+    assert wait(service, job)["state"] == "succeeded"
+
+
 def submit_layout(server, small_scene, **params) -> str:
     status, created = server.submit(*small_scene, {**FAST, "until": "layout", **params})
     assert status == 202, created

@@ -313,8 +313,13 @@ class JobService:
         if record.state == SUCCEEDED:
             return read_manifest(self.store.folder(job_id))
         if not readiness(record.events)["layout_ready"]:
-            hint = ("it stopped before its layout was ready; submit it again" if record.done
-                    else "poll GET /v1/jobs/{id} until layout_ready is true")
+            if record.done:
+                hint = "it stopped before its layout was ready; submit it again"
+            elif record.kind == "variants":  # it publishes candidates, never a layout
+                hint = ("its manifest comes when it has succeeded; meanwhile each candidate's file can be "
+                        "downloaded once GET /v1/jobs/{id} lists its index in ready_variants")
+            else:
+                hint = "poll GET /v1/jobs/{id} until layout_ready is true"
             raise StateError(f"job {job_id} is {record.state} and has no layout yet", hint, code="not_ready")
         manifest = read_manifest(self.store.folder(job_id))
         if record.done:
