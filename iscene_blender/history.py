@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from . import wording
-from .jobs import Job
+from .jobs import ACTIVE, Job
 
 
 def find(scene, key: str):
@@ -58,8 +58,7 @@ def merge(scene, server_jobs: list[dict]) -> int:
             record.name = scene_name(status)
             record.created, record.parent = status.get("created") or time.time(), status.get("parent") or ""
             added += 1
-        elif record.state in ("submitting", "queued", "running", "downloading", "importing") and record.key != \
-                record.server_id:
+        elif record.state in ACTIVE and record.key != record.server_id:
             continue  # the worker of this session follows it
         record.state = status["state"]
         record.finished = status.get("finished") or 0.0

@@ -17,17 +17,20 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .client import Client, ClientError
 
-ACTIVE = ("submitting", "queued", "running", "downloading", "importing")
+ACTIVE = ("waiting", "submitting", "queued", "running", "downloading", "importing")
 SEGMENT_LABELS = "labels.png"  # the label map a segment job makes
 SCENE_JSON = "scene.json"  # the manifest, kept next to the downloaded meshes
 SCENE_KINDS = ("generate", "regenerate", "refine", "import", "build", "variants")
 NEW_SCENE_KINDS = ("generate", "import")  # jobs that make a new scene: they import the layout as proxies
 PROGRESSIVE_KINDS = ("generate", "import", "regenerate", "refine", "build")  # objects land as they finish
+CHAINED_KINDS = ("regenerate", "refine", "build")  # landed, they are their scene's latest job (its next parent)
+DERIVED_KINDS = CHAINED_KINDS + ("variants",)  # they derive from their scene's latest job
 RETRY_LATER = (404, 409)  # a progressive download the server does not serve yet: asked again at the next poll
 LOST_CONNECTION_S = 15.0  # a job whose server stays unreachable this long is failed, not waited on forever
 
@@ -67,6 +70,7 @@ class Job:
     created: float = field(default_factory=time.time)
     finished: float | None = None
     landed: bool = False  # its progressive results changed Blender data not yet pushed as an undo step
+    after: str = ""  # waiting: the title of the job of its scene it waits for
     cancel: threading.Event = field(default_factory=threading.Event, repr=False)
 
     @property
@@ -85,14 +89,64 @@ class Runtime:
         self.health_checked = 0.0
         self._health_thread: threading.Thread | None = None
         self.threads: list[threading.Thread] = []
+        self._held: dict[str, tuple[Client, float]] = {}  # waiting jobs: what starts them
 
     def start(self, job: Job, client: Client, poll_s: float) -> Job:
+        """Hand ``job`` to a worker thread; a job that derives from its scene's latest job while another job is
+        changing that scene waits (state ``waiting``) until :meth:`release` starts it from that job's result, so
+        that neither job's change is lost on the server."""
         self.jobs[job.key] = job
+        ahead = self.ahead_of(job)
+        if ahead is None:
+            self._run(job, client, poll_s)
+        else:
+            job.state, job.after = "waiting", ahead.title
+            self._held[job.key] = (client, poll_s)
+        return job
+
+    def ahead_of(self, job: Job) -> Job | None:
+        """The last job started before ``job`` that is still changing ``job``'s scene (None for a job that does
+        not derive from its scene's latest job)."""
+        if job.kind not in DERIVED_KINDS or not job.root:
+            return None
+        ahead = None
+        for other in self.jobs.values():
+            if other is job:
+                return ahead
+            if other.active and other.root == job.root and other.kind in CHAINED_KINDS:
+                ahead = other
+        return ahead
+
+    def release(self, latest_parent: Callable[[Job], str]) -> list[Job]:
+        """Start the waiting jobs nothing is ahead of any more, each from ``latest_parent(job)`` (its scene's
+        latest job now; raises ``LookupError`` with the reason when there is none), and end those cancelled
+        while waiting. Returns the jobs whose state changed."""
+        changed = []
+        for key in list(self._held):
+            job = self.jobs[key]
+            if job.cancel.is_set():
+                job.state, job.finished, job.message = "cancelled", time.time(), "cancelled before it was sent"
+            elif (ahead := self.ahead_of(job)) is not None:
+                job.after = ahead.title
+                continue
+            else:
+                client, poll_s = self._held[key]
+                try:
+                    job.parent = latest_parent(job)
+                except LookupError as err:
+                    job.state, job.finished, job.message, job.hint = "failed", time.time(), str(err), ""
+                else:
+                    job.state, job.after = "submitting", ""
+                    self._run(job, client, poll_s)
+            del self._held[key]
+            changed.append(job)
+        return changed
+
+    def _run(self, job: Job, client: Client, poll_s: float) -> None:
         thread = threading.Thread(target=run_job, args=(job, client, self.events, poll_s), daemon=True,
                                   name=f"iscene-job-{job.key}")
         self.threads.append(thread)
         thread.start()
-        return job
 
     def list_server_jobs(self, client: Client) -> None:
         """Fetch the server's job list on a thread; it arrives as a ``server_jobs`` event."""
@@ -136,6 +190,7 @@ class Runtime:
     def stop(self, timeout: float = 2.0) -> None:
         for job in self.jobs.values():
             job.cancel.set()
+        self._held.clear()
         for thread in self.threads:
             thread.join(timeout)
         self.threads.clear()

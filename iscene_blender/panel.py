@@ -15,8 +15,9 @@ from .props import label_stats
 from .pump import HEALTH_EVERY, RUNTIME, ensure_timer
 from .server import LocalServer
 
-STATE_ICONS = {"submitting": "EXPORT", "queued": "SORTTIME", "running": "PLAY", "downloading": "IMPORT",
-               "importing": "IMPORT", "succeeded": "CHECKMARK", "failed": "ERROR", "cancelled": "CANCEL"}
+STATE_ICONS = {"waiting": "TIME", "submitting": "EXPORT", "queued": "SORTTIME", "running": "PLAY",
+               "downloading": "IMPORT", "importing": "IMPORT", "succeeded": "CHECKMARK", "failed": "ERROR",
+               "cancelled": "CANCEL"}
 MAX_LISTED_JOBS = 8
 
 
@@ -140,7 +141,7 @@ def draw_jobs(context, layout) -> None:
         if job is not None and job.active:
             row.operator("iscene.cancel", text="", icon="X").key = job.key
             box.progress(text=wording.progress_text(job.state, job.stage, job.step, job.total, job.queue_position,
-                                                    job.eta_s), factor=job.progress, type="BAR")
+                                                    job.eta_s, job.after), factor=job.progress, type="BAR")
             continue
         if job is not None:
             row.operator("iscene.retry", text="", icon="FILE_REFRESH").key = job.key

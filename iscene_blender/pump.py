@@ -57,9 +57,17 @@ def pump_once() -> int:
             break
         _apply(event)
         count += 1
+    for job in RUNTIME.release(_latest_job):  # waiting jobs whose scene is free now
+        history.save(_scene(job), job)
+        count += 1
     if count:
         redraw()
     return count
+
+
+def _latest_job(job: Job) -> str:
+    """The server job a released job derives from: its scene's latest (main thread: reads the root empty)."""
+    return _job_root(job)[provenance.JOB]
 
 
 def _scene(job: Job):

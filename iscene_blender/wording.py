@@ -9,8 +9,9 @@ import time
 # The server's stage names (engine/progress.py) and what an artist calls them.
 STAGES = {"preprocess": "Preparing", "condition": "Reading the image", "stage1": "Layout", "decode": "Decoding",
           "camera": "Solving the camera", "stage2": "Shapes", "meshes": "Building meshes"}
-STATES = {"submitting": "Sending", "queued": "Waiting", "running": "Running", "downloading": "Downloading",
-          "importing": "Importing", "succeeded": "Done", "failed": "Failed", "cancelled": "Cancelled"}
+STATES = {"waiting": "After the scene's last job", "submitting": "Sending", "queued": "Waiting", "running": "Running",
+          "downloading": "Downloading", "importing": "Importing", "succeeded": "Done", "failed": "Failed",
+          "cancelled": "Cancelled"}
 KINDS = {"generate": "Generate", "regenerate": "Regenerate", "refine": "Refine", "segment": "Segment",
          "import": "Re-import", "build": "Build Meshes", "variants": "Variants", "keep": "Keep"}
 CHAR_PX = 7.0  # the width of an average character of the UI font at scale 1, in pixels
@@ -28,8 +29,10 @@ def clock(seconds: float | None) -> str:
 
 
 def progress_text(state: str, stage: str, step: int, total: int, queue_position: int | None,
-                  eta_s: float | None) -> str:
-    """``Layout 3/25 · ETA 1:15``, ``Waiting (#2 in queue)``, ``Downloading``."""
+                  eta_s: float | None, after: str = "") -> str:
+    """``Layout 3/25 · ETA 1:15``, ``Waiting (#2 in queue)``, ``Downloading``, ``After Regenerate · chair``."""
+    if state == "waiting":
+        return f"After {after}" if after else STATES[state]
     name = STAGES.get(stage, stage.replace("_", " ").capitalize()) if stage and state == "running" else \
         STATES.get(state, state)
     steps = f" {step}/{total}" if total and state == "running" else ""
